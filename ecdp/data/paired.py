@@ -1,0 +1,138 @@
+"""Prepared paired datasets: the on-disk layout every dataset step writes and every
+consumer (training, evaluation, sigma^2 estimation) reads.
+
+Layout of a prepared dataset folder::
+
+    ROOT/NAME/
+        meta.json          name, scale, protocol text, sources, counts, sigma2, ...
+        train/HR/*.png     train/LR/*.png   (same file stems; LR = HR / scale)
+        test/HR/*.png      test/LR/*.png
+        .complete          written last: a folder without it is not prepared
+
+Training draws aligned random patches with flips / rot90.  Which image, where and
+how is decided by :class:`PatchSampler` from ``(seed, step)`` alone, so a resumed
+run sees exactly the batches an uninterrupted run would, and workers can load in
+parallel.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from ..imageio import list_images, load_image
+
+
+def read_meta(root: str | Path) -> dict:
+    root = Path(root)
+    if not (root / ".complete").exists():
+        raise FileNotFoundError(f"{root} is not a prepared dataset (no .complete marker); run `ecdp data prepare`")
+    return json.loads((root / "meta.json").read_text())
+
+
+def pair_paths(root: str | Path, split: str) -> list[tuple[Path, Path]]:
+    """(HR, LR) paths of a split, matched by file stem."""
+    root = Path(root)
+    hr = list_images(root / split / "HR")
+    lr = {p.stem: p for p in list_images(root / split / "LR")}
+    missing = [p.name for p in hr if p.stem not in lr]
+    if missing:
+        raise FileNotFoundError(f"{root / split}: no LR image for {missing[:3]}")
+    return [(p, lr[p.stem]) for p in hr]
+
+
+class PairedImages(Dataset):
+    """Whole (HR, LR) image pairs of a split, [0, 1] float tensors; item = (hr, lr, name)."""
+
+    def __init__(self, root: str | Path, split: str = "test", limit: int | None = None):
+        self.root = Path(root)
+        self.meta = read_meta(self.root)
+        self.scale = int(self.meta["scale"])
+        self.pairs = pair_paths(self.root, split)[:limit]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int):
+        hr, lr = self.pairs[i]
+        return load_image(hr), load_image(lr), hr.stem
+
+
+@dataclass(frozen=True)
+class PatchSpec:
+    index: int
+    top: float   # relative position in [0, 1)
+    left: float
+    flip: bool
+    rot: int     # number of 90-degree rotations
+
+
+class PatchSampler(Sampler):
+    """Yields, for steps ``start_step, start_step + 1, ...``, a batch of :class:`PatchSpec`
+    drawn from a generator seeded by ``(seed, step)`` only."""
+
+    def __init__(self, n_images: int, batch_size: int, seed: int, start_step: int = 0,
+                 num_steps: int | None = None, augment: bool = True):
+        self.n, self.batch, self.seed = n_images, batch_size, seed
+        self.start, self.num_steps, self.augment = start_step, num_steps, augment
+
+    def batch_for_step(self, step: int) -> list[PatchSpec]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        idx = torch.randint(self.n, (self.batch,), generator=g)
+        pos = torch.rand(self.batch, 2, generator=g)
+        flip = torch.randint(2, (self.batch,), generator=g)
+        rot = torch.randint(4, (self.batch,), generator=g)
+        return [PatchSpec(int(idx[b]), float(pos[b, 0]), float(pos[b, 1]),
+                          bool(flip[b]) and self.augment, int(rot[b]) if self.augment else 0)
+                for b in range(self.batch)]
+
+    def __iter__(self):
+        step = self.start
+        while self.num_steps is None or step < self.start + self.num_steps:
+            yield self.batch_for_step(step)
+            step += 1
+
+    def __len__(self):
+        return self.num_steps if self.num_steps is not None else 2**31
+
+
+class TrainPatches(Dataset):
+    """Aligned HR/LR patches (HR side ``patch``) addressed by :class:`PatchSpec`."""
+
+    def __init__(self, root: str | Path, patch: int, split: str = "train", cache: bool = True):
+        self.root = Path(root)
+        self.meta = read_meta(self.root)
+        self.scale = int(self.meta["scale"])
+        if patch % self.scale:
+            raise ValueError(f"patch {patch} is not a multiple of the scale {self.scale}")
+        self.patch = patch
+        self.pairs = pair_paths(self.root, split)
+        if not self.pairs:
+            raise FileNotFoundError(f"{self.root / split} has no images")
+        self._load = lru_cache(maxsize=None if cache else 0)(self._load_pair)
+
+    def _load_pair(self, i: int):
+        hr, lr = self.pairs[i]
+        return load_image(hr), load_image(lr)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, spec: PatchSpec):
+        hr, lr = self._load(spec.index)
+        p, s = self.patch // self.scale, self.scale
+        h, w = lr.shape[-2:]
+        if h < p or w < p:
+            raise ValueError(f"{self.pairs[spec.index][1]} ({w}x{h}) is smaller than the LR patch {p}")
+        top, left = int(spec.top * (h - p + 1)), int(spec.left * (w - p + 1))
+        lr = lr[:, top:top + p, left:left + p]
+        hr = hr[:, top * s:(top + p) * s, left * s:(left + p) * s]
+        if spec.flip:
+            hr, lr = hr.flip(-1), lr.flip(-1)
+        if spec.rot:
+            hr, lr = hr.rot90(spec.rot, (-2, -1)), lr.rot90(spec.rot, (-2, -1))
+        return hr.contiguous(), lr.contiguous()
