@@ -19,3 +19,10 @@ def imresize(x: torch.Tensor, scale: float | None = None, size: tuple[int, int] 
         size = (math.ceil(x.shape[-2] * scale), math.ceil(x.shape[-1] * scale))
     out = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=antialias)
     return out[0] if squeeze else out
+
+
+def bicubic_upsample(lr: torch.Tensor, scale: int, kernel: str = "matlab") -> torch.Tensor:
+    """mu(y) (placeholder)."""
+    if kernel == "torch":
+        return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False)
+    return imresize(lr, scale=scale)

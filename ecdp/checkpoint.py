@@ -1,0 +1,50 @@
+"""Atomic checkpoint save and safe load (``weights_only=True``)."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+FORMAT = "ecdp-bench/1"
+
+
+def save(obj: dict, path: str | Path) -> None:
+    """torch.save to a temp file in the same folder, fsync, then rename: a checkpoint
+    under its final name is always complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(path: str | Path, map_location="cpu") -> dict:
+    """Load with ``weights_only=True`` (no arbitrary code from a checkpoint)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - re-raised as one clear line
+        raise ValueError(f"{path}: not a loadable ecdp-bench checkpoint ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
+
+
+def load_method(path: str | Path, device="cpu"):
+    """(method in eval mode with EMA weights, checkpoint dict) from a final checkpoint."""
+    from .registry import build_method
+
+    ck = load(path)
+    if ck.get("format") != FORMAT or "model" not in ck:
+        raise ValueError(f"{path}: not an ecdp-bench model checkpoint (format {ck.get('format')!r})")
+    method = build_method(ck["config"], ck["meta"])
+    method.load_state_dict(ck["model"])
+    return method.to(device).eval(), ck

@@ -1,0 +1,51 @@
+"""What every run records next to its numbers: seed, config, git commit, device, versions."""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def git_commit(cwd: str | Path | None = None) -> str:
+    """The suite's git commit (with ``-dirty`` if the tree has changes), or ``unknown``."""
+    cwd = cwd or Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
+
+
+def device_name(device) -> str:
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def versions() -> dict:
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for name in ("torch", "torchvision", "torchdiffeq", "lpips", "pyiqa", "numpy"):
+        try:
+            out[name] = __import__(name).__version__
+        except Exception:  # noqa: BLE001 - a missing optional package is recorded, not fatal
+            out[name] = None
+    return out
+
+
+def record(seed: int | None = None, device="cpu", **extra) -> dict:
+    return {
+        "seed": seed,
+        "git_commit": os.environ.get("ECDP_GIT_COMMIT") or git_commit(),
+        "device": device_name(device),
+        "versions": versions(),
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **extra,
+    }

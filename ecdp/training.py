@@ -1,0 +1,257 @@
+"""The method-agnostic training loop: stages, Adam, warm-up, step decay, EMA, value
+clipping, atomic checkpoints, exact resume, JSONL log and a progress bar.
+
+The loop only calls the method interface (DESIGN.md) plus two stage hooks:
+``set_stage(stage)`` and ``param_groups(stage)``.  Stages run in the order of
+``train.stages``; each has ``kind`` (method-specific: ECDP knows ``pretrain``,
+``score``, ``quality``), ``steps``, ``batch``, ``lr``, optional ``milestones``
+(learning rate halved at each), ``encoder_lr``, ``warmup``, ``ema_decay``.
+
+Determinism: the batch of global step ``k`` and every random number the method
+draws at that step depend on ``(seed, k)`` only (the global torch RNG is reseeded
+each step), so ``--resume`` after a kill reaches bit-identical weights on CPU.
+
+Outputs in the run folder: ``config.yaml`` (resolved), ``provenance.json``,
+``log.jsonl``, ``val.jsonl`` (if validation is on), ``checkpoint.pt`` (latest, full
+state, for resume), ``final.pt`` (EMA weights + config + dataset meta, for inference).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from . import checkpoint as ckpt
+from . import config as config_mod
+from .data import PairedImages, PatchSampler, TrainPatches, read_meta
+from .provenance import record
+from .registry import build_method, count_params
+
+
+class EMA:
+    """Exponential moving average of a module's floating-point state."""
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module) -> None:
+        for k, v in module.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].lerp_(v.detach(), 1.0 - self.decay)
+            else:
+                self.shadow[k].copy_(v)
+
+
+def lr_factor(step_in_stage: int, warmup: int, milestones: list[int]) -> float:
+    """Linear warm-up over ``warmup`` steps, then x0.5 at each milestone (released code)."""
+    w = min(1.0, (step_in_stage + 1) / warmup) if warmup else 1.0
+    return w * 0.5 ** sum(step_in_stage >= m for m in milestones or [])
+
+
+def clip_gradients(params, clip: dict) -> None:
+    if not clip or clip.get("max") in (None, 0):
+        return
+    if clip.get("kind", "value") == "value":
+        torch.nn.utils.clip_grad_value_(params, clip["max"])
+    else:
+        torch.nn.utils.clip_grad_norm_(params, clip["max"])
+
+
+def _collate(batch):
+    hr, lr = zip(*batch)
+    return torch.stack(hr), torch.stack(lr)
+
+
+def make_loader(dataset: TrainPatches, stage: dict, seed: int, start_step: int, steps: int, workers: int):
+    sampler = PatchSampler(len(dataset), stage["batch"], seed, start_step, steps)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=_collate, num_workers=workers,
+                      persistent_workers=False)
+
+
+def _stage_seed(seed: int, step: int) -> int:
+    return (seed * 7_919 + step * 104_729 + 12_345) % (2**63 - 1)
+
+
+class Trainer:
+    def __init__(self, cfg: dict, out: str | Path, device: str = "cpu"):
+        self.cfg, self.out, self.device = cfg, Path(out), torch.device(device)
+        self.data_root = Path(cfg["data"]["root"]) / cfg["data"]["dataset"]
+        self.meta = read_meta(self.data_root)
+        self.method = build_method(cfg, self.meta).to(self.device)
+        self.stages = cfg["train"]["stages"]
+        self.global_step = 0
+        self.stage_index = 0
+        self.step_in_stage = 0
+        self._last_ema: EMA | None = None
+
+    # --- state -------------------------------------------------------------------
+    def state(self, opt, ema) -> dict:
+        return {"format": ckpt.FORMAT, "config": self.cfg, "meta": self.meta,
+                "model": self.method.state_dict(), "ema": ema.shadow if ema else None,
+                "optimizer": opt.state_dict() if opt else None, "global_step": self.global_step,
+                "stage_index": self.stage_index, "step_in_stage": self.step_in_stage}
+
+    def final(self, ema) -> dict:
+        return {"format": ckpt.FORMAT, "config": self.cfg, "meta": self.meta,
+                "model": ema.shadow if ema else self.method.state_dict(),
+                "provenance": record(self.cfg.get("seed"), self.device, global_step=self.global_step,
+                                     parameters=count_params(self.method))}
+
+    # --- loop --------------------------------------------------------------------
+    def run(self, resume: bool = False) -> Path:
+        self.out.mkdir(parents=True, exist_ok=True)
+        ck_path = self.out / "checkpoint.pt"
+        resumed = None
+        if resume and ck_path.exists():
+            resumed = ckpt.load(ck_path)
+            if resumed["config"] != self.cfg:
+                raise ValueError(f"{ck_path} was written with a different config; use a new --out or the same config")
+            self.method.load_state_dict(resumed["model"])
+            self.global_step, self.stage_index = resumed["global_step"], resumed["stage_index"]
+            self.step_in_stage = resumed["step_in_stage"]
+            if resumed.get("optimizer") is None and resumed.get("ema") is not None:  # resumed at a stage boundary
+                self._last_ema = EMA(self.method, 0.0)
+                self._last_ema.shadow = resumed["ema"]
+        elif ck_path.exists() and not resume:
+            raise FileExistsError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
+        (self.out / "config.yaml").write_text(yaml.safe_dump(self.cfg, sort_keys=False))
+        (self.out / "provenance.json").write_text(json.dumps(record(self.cfg.get("seed"), self.device), indent=2))
+        seed = int(self.cfg.get("seed", 0))
+        tcfg = self.cfg["train"]
+        total = sum(s["steps"] for s in self.stages)
+        bar = tqdm(total=total, initial=self.global_step, desc="train", unit="step", dynamic_ncols=True)
+        ema = None
+        with open(self.out / "log.jsonl", "a") as log:
+            while self.stage_index < len(self.stages):
+                stage = self.stages[self.stage_index]
+                ema = self._run_stage(stage, seed, tcfg, log, bar, resumed)
+                resumed = None
+                self.stage_index += 1
+                self.step_in_stage = 0
+                ckpt.save(self.state(None, ema), ck_path)
+        bar.close()
+        final = self.out / "final.pt"
+        ckpt.save(self.final(ema), final)
+        return final
+
+    def _run_stage(self, stage: dict, seed: int, tcfg: dict, log, bar, resumed: dict | None):
+        self.method.set_stage(stage)
+        self.method.train()
+        if stage["kind"] == "quality" and self.cfg.get("quality", {}).get("init_from_ema") \
+                and self.step_in_stage == 0 and self._last_ema is not None:
+            self.method.load_state_dict(self._last_ema.shadow)  # released code: fine-tune from the EMA weights
+        groups = self.method.param_groups(stage)
+        for g in groups:
+            g["initial_lr"] = g["lr"]
+        opt = torch.optim.Adam(groups)
+        decay = stage.get("ema_decay", self.cfg.get("quality", {}).get("ema_decay") if stage["kind"] == "quality" else None)
+        ema = EMA(self.method, decay if decay is not None else tcfg["ema_decay"])
+        if resumed is not None and resumed.get("optimizer") is not None:
+            opt.load_state_dict(resumed["optimizer"])
+            ema.shadow = {k: v.to(self.device) for k, v in resumed["ema"].items()}
+        remaining = stage["steps"] - self.step_in_stage
+        if remaining <= 0:
+            return ema
+        dataset = TrainPatches(self.data_root, int(stage.get("patch", self.cfg["data"]["patch"])))
+        loader = make_loader(dataset, stage, seed, self.global_step, remaining, int(self.cfg["data"].get("workers", 0)))
+        params = [p for g in groups for p in g["params"]]
+        warmup = int(stage.get("warmup", tcfg.get("warmup", 0)))
+        val_cfg = tcfg.get("validate") or {}
+        t0, n_img = time.perf_counter(), 0
+        for hr, lr in loader:
+            torch.manual_seed(_stage_seed(seed, self.global_step))
+            hr, lr = hr.to(self.device), lr.to(self.device)
+            f = lr_factor(self.step_in_stage, warmup, stage.get("milestones"))
+            for g in opt.param_groups:
+                g["lr"] = g["initial_lr"] * f
+            losses = self.method.training_losses(hr, lr)
+            loss = sum(losses.values())
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss at step {self.global_step}: { {k: float(v) for k, v in losses.items()} }")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            clip_gradients(params, tcfg.get("clip"))
+            opt.step()
+            ema.update(self.method)
+            self.global_step += 1
+            self.step_in_stage += 1
+            n_img += hr.shape[0]
+            bar.update(1)
+            bar.set_postfix(stage=stage["name"], loss=f"{loss.item():.4f}")
+            if self.step_in_stage % int(tcfg.get("log_every", 50)) == 0 or self.step_in_stage == stage["steps"]:
+                dt = time.perf_counter() - t0
+                log.write(json.dumps({"step": self.global_step, "stage": stage["name"],
+                                      **{k: v.item() for k, v in losses.items()}, "loss": loss.item(),
+                                      "lr": opt.param_groups[0]["lr"], "images_per_s": n_img / max(dt, 1e-9)}) + "\n")
+                log.flush()
+                t0, n_img = time.perf_counter(), 0
+            if val_cfg.get("every") and self.step_in_stage % int(val_cfg["every"]) == 0 and stage["kind"] != "pretrain":
+                self.validate(ema, stage, val_cfg)
+            if self.step_in_stage % int(tcfg.get("checkpoint_every", 1000)) == 0 and self.step_in_stage < stage["steps"]:
+                ckpt.save(self.state(opt, ema), self.out / "checkpoint.pt")
+        self._last_ema = ema
+        return ema
+
+    @torch.no_grad()
+    def validate(self, ema: EMA, stage: dict, val_cfg: dict) -> None:
+        """LPIPS / PSNR / SSIM of EMA-weight SR on fixed validation patches (Figure 8)."""
+        from .metrics import score
+
+        live = copy.deepcopy(self.method.state_dict())
+        self.method.load_state_dict(ema.shadow)
+        self.method.eval()
+        test = PairedImages(self.data_root, "test")
+        n, p = int(val_cfg.get("patches", 8)), int(val_cfg.get("patch", 64))
+        s = test.scale
+        rows = []
+        g = torch.Generator().manual_seed(1234)
+        for i in range(n):
+            hr, lr, _ = test[i % len(test)]
+            lp = p // s
+            top = int(torch.randint(lr.shape[-2] - lp + 1, (1,), generator=g))
+            left = int(torch.randint(lr.shape[-1] - lp + 1, (1,), generator=g))
+            lr_c = lr[:, top:top + lp, left:left + lp]
+            hr_c = hr[:, top * s:(top + lp) * s, left * s:(left + lp) * s]
+            sr, _ = self.method.super_resolve(lr_c[None].to(self.device), generator=torch.Generator(self.device).manual_seed(i))
+            rows.append(score(sr[0].cpu(), hr_c))
+        self.method.load_state_dict(live)
+        self.method.train()
+        rec = {"step": self.global_step, "stage": stage["name"]}
+        for k in ("lpips", "psnr", "ssim"):
+            rec[k] = sum(r[k] for r in rows) / len(rows)
+        with open(self.out / "val.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+
+def train(cfg: dict, out: str | Path, resume: bool = False, device: str = "cpu") -> Path:
+    torch.manual_seed(int(cfg.get("seed", 0)))  # initial weights
+    return Trainer(cfg, out, device).run(resume=resume)
+
+
+def add_cli(p):
+    p.add_argument("--config", required=True, help="run config (YAML)")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, logs)")
+    p.add_argument("--resume", action="store_true", help="continue a killed run in --out")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config values, e.g. seed=1")
+
+
+def run_cli(args) -> int:
+    from .cli import CLIError
+
+    try:
+        cfg = config_mod.load(args.config, config_mod.parse_overrides(args.set))
+        final = train(cfg, args.out, resume=args.resume, device=args.device)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        raise CLIError(str(e)) from None
+    print(f"trained: {final}")
+    return 0
