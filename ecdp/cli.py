@@ -53,5 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # `python -m ecdp.cli`: use the package's module so CLIError matches
+    from ecdp.cli import main as _main
+
+    sys.exit(_main())

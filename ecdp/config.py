@@ -101,7 +101,9 @@ def resolve(user: dict) -> dict:
     preset = copy.deepcopy(PROTOCOLS[protocol])
     celeba_blocks = preset.pop("celeba_blocks")
     cfg = deep_merge(DEFAULTS, {"protocol": protocol})
-    if arch in ARCHS:
+    if user.get("method", "ecdp") != "ecdp":
+        pass  # baselines carry their own architecture presets (baselines/)
+    elif arch in ARCHS:
         cfg["model"] = deep_merge(cfg["model"], ARCHS[arch])
         if arch == "celeba":
             cfg["model"]["blocks"] = celeba_blocks

@@ -34,7 +34,7 @@ def versions() -> dict:
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
     for name in ("torch", "torchvision", "torchdiffeq", "lpips", "pyiqa", "numpy"):
         try:
-            out[name] = __import__(name).__version__
+            out[name] = str(__import__(name).__version__)  # plain str: TorchVersion breaks weights_only loads
         except Exception:  # noqa: BLE001 - a missing optional package is recorded, not fatal
             out[name] = None
     return out

@@ -96,7 +96,7 @@ class UNet(nn.Module):
         self.downsample_factor = 2 ** (len(channels) - 1)
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
-        temb = self.temb(timestep_embedding(t * self.time_scale))
+        temb = self.temb(timestep_embedding(t * self.time_scale).to(x.dtype))
         h = self.conv_in(x)
         hs = [h]
         for m in self.down:

@@ -1,0 +1,101 @@
+"""ecdp-bench: from nothing to the ECDP paper's tables and figures.
+
+    snakemake --cores all                                   # embedded profile (config/default.yaml)
+    snakemake --cores all --configfile config/paper.yaml    # the paper's protocol (GPUs)
+    snakemake --profile workflow/profiles/slurm --configfile config/paper.yaml   # on SLURM
+    snakemake -n results/runs/embedded-div2k/ecdp-hybrid-c1.0/seed0/metrics.csv  # one cell
+
+Stages, one rule file each (workflow/rules/): data (prepare datasets), weights (LPIPS /
+VGG weights), train (`ecdp train`, one job per distinct training config), evaluate
+(`ecdp evaluate`, one job per cell and seed), time (Table 3 with `ecdp time`, and the
+sampler study), aggregate (`ecdp report`: tables, figures, README, run metadata).
+
+The grid (which datasets x variants x seeds, which cells share a training job) is
+built by ecdp/report/grid.py from the config; `ecdp report` reads the same grid.
+"""
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from snakemake.utils import min_version, validate
+
+min_version("8.0")
+
+REPO = Path(workflow.basedir).resolve()
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # the ecdp package, even without `pip install -e .`
+
+# config/default.yaml unless the user gives --configfile (which then *replaces* it:
+# snakemake would otherwise deep-merge the two and leak embedded settings into paper runs)
+if not workflow.overwrite_configfiles:
+    configfile: str(REPO / "config" / "default.yaml")
+
+
+validate(config, schema=str(REPO / "config" / "schema.yaml"))
+
+from ecdp.report.grid import Grid  # noqa: E402
+
+try:
+    GRID = Grid(config, REPO)
+except (ValueError, KeyError, FileNotFoundError) as e:
+    raise WorkflowError(f"invalid workflow config: {e}")
+
+RESULTS = config["results"].rstrip("/")
+DATA = config["data_root"].rstrip("/")
+SEEDS = GRID.seeds
+DEVICE = config["device"]
+RES = config["resources"]
+ENV = "../envs/ecdp.yaml"  # relative to workflow/rules/
+
+# every `ecdp` call: the repository's package, whatever python the (conda) env has
+ECDP = f"PYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}} python -m ecdp.cli"
+WEIGHTS_ENV = f"ECDP_WEIGHTS_DIR={shlex.quote(os.path.expanduser(config['weights']['dir']))} " \
+    if config["weights"].get("dir") else ""
+
+
+def threads_for(rule):
+    n = int(RES["threads"].get(rule, 1))
+    return workflow.cores if n == 0 else n
+
+
+def resources_for(rule, gpu_job):
+    out = {}
+    if RES["mem_mb"].get(rule):
+        out["mem_mb"] = int(RES["mem_mb"][rule])
+    if RES["runtime"].get(rule):
+        out["runtime"] = int(RES["runtime"][rule])
+    if gpu_job and int(RES["gpu"]) > 0:
+        out["gpu"] = int(RES["gpu"])
+    return out
+
+
+wildcard_constraints:
+    dataset="[A-Za-z0-9_.-]+",
+    variant="[A-Za-z0-9_.+-]+",
+    seed=r"\d+",
+
+
+localrules: all, prepare_embedded, prepare_dataset, fetch_weights, workflow_config, aggregate
+
+
+onstart:
+    Path(RESULTS, "logs").mkdir(parents=True, exist_ok=True)
+    Path(RESULTS, "logs", "workflow_start").write_text(f"{time.time():.3f}\n")
+
+
+rule all:
+    """Every table, figure, the results README and run_metadata.json."""
+    input:
+        f"{RESULTS}/README.md",
+        f"{RESULTS}/run_metadata.json",
+
+
+include: "workflow/rules/data.smk"
+include: "workflow/rules/weights.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/time.smk"
+include: "workflow/rules/aggregate.smk"

@@ -1,0 +1,94 @@
+"""``ecdp data``: ``list`` the registry, ``prepare`` datasets (download, verify,
+extract, degrade, estimate sigma^2)."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from .registry import ALIASES, REGISTRY, get_spec, resolve_names
+
+
+def add_cli(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="data_command", required=True)
+    p = sub.add_parser("prepare", help="download, verify and prepare datasets into ROOT/NAME",
+                       description="Prepare datasets into ROOT/NAME/{train,test}/{HR,LR} with meta.json. "
+                                   "NAME may be 'embedded' (the three offline sets) or 'benchmarks'.")
+    p.add_argument("names", nargs="+", metavar="NAME", help=f"dataset(s): {', '.join(list(REGISTRY) + list(ALIASES))}")
+    p.add_argument("--root", required=True, help="folder holding prepared datasets")
+    p.add_argument("--dry-run", action="store_true", help="print every URL, size and checksum; touch nothing")
+    p.add_argument("--source-dir", help="folder with user-supplied files (ImageNet ILSVRC2012 tarballs)")
+    p.add_argument("--download-dir", help="where archives go (default ROOT/_downloads)")
+    p.add_argument("--limit", type=int, help="at most N images per split (smoke runs)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a dataset option, e.g. test_limit=1000 (VALUE parsed as JSON when possible)")
+    p.add_argument("--workers", type=int, default=1, help="processes for image conversion")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sub.add_parser("list", help="the dataset registry")
+
+
+def _parse_sets(items: list[str]) -> dict:
+    from ..cli import CLIError
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CLIError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _list() -> int:
+    width = max(map(len, REGISTRY))
+    for name, spec in REGISTRY.items():
+        if spec.user_files:
+            need = "user files: " + ", ".join(f.filename for f in spec.user_files.values())
+        elif spec.files:
+            need = "downloads: " + ", ".join(f.filename for f in spec.files.values())
+        else:
+            need = "offline (pip wheels)"
+        print(f"{name:<{width}}  x{spec.scale}  {'/'.join(spec.splits):<10}  {spec.summary}")
+        print(f"{'':<{width}}            {need}")
+    print("aliases: " + "; ".join(f"{a} = {' '.join(n)}" for a, n in ALIASES.items()))
+    return 0
+
+
+def run_cli(args) -> int:
+    from ..cli import CLIError
+    from .download import DownloadError
+    from .extract import UnsafeArchiveError
+    from .prepare import PrepareError, is_prepared, plan, prepare
+
+    if args.data_command == "list":
+        return _list()
+    try:
+        names = resolve_names(args.names)
+    except KeyError as e:
+        raise CLIError(e.args[0]) from None
+    options = _parse_sets(args.set)
+    if args.dry_run:
+        for name in names:
+            print("\n".join(plan(name, args.root, args.source_dir, args.download_dir)))
+        return 0
+    for name in names:
+        if is_prepared(args.root, name):
+            print(f"{name}: already prepared in {args.root}/{name}")
+            continue
+        spec_opts = {k: v for k, v in options.items() if k in get_spec(name).options}
+        if len(names) == 1 and set(options) - set(spec_opts):
+            raise CLIError(f"{name}: unknown option(s) {sorted(set(options) - set(spec_opts))}; "
+                           f"known: {sorted(get_spec(name).options)}")
+        t0 = time.perf_counter()
+        try:
+            out = prepare(name, args.root, source_dir=args.source_dir, download_dir=args.download_dir,
+                          limit=args.limit, options=spec_opts, workers=args.workers, progress=not args.no_progress)
+        except (DownloadError, UnsafeArchiveError, PrepareError, FileNotFoundError) as e:
+            raise CLIError(f"{name}: {e}") from None
+        meta = json.loads((out / "meta.json").read_text())
+        sig = meta["sigma2"]
+        print(f"{name}: {out} train {meta['counts']['train']} / test {meta['counts']['test']}, "
+              f"sigma2 {'-' if sig is None else f'{sig:.6f}'} ({time.perf_counter() - t0:.1f}s)")
+    return 0

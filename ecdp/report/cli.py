@@ -1,0 +1,238 @@
+"""``ecdp report``: aggregate a results folder into the paper's tables and figures.
+
+Reads ``RESULTS/runs/*/*/seed*/summary.json`` (``ecdp evaluate``), ``RESULTS/timing``
+(``ecdp time``), ``RESULTS/samplers`` (sampler study) and the trainers' ``val.jsonl``;
+writes ``tables/{table1,table2,table3,table4,table5,table7,protocol}.{csv,tex,md}``,
+``figures/*.png``, ``benchmarks/`` (from a pytest-benchmark JSON, if given and
+present), ``README.md`` (an index) and ``run_metadata.json``.
+
+With ``--workflow-config`` (the workflow config the Snakefile ran, which the workflow
+saves as ``RESULTS/workflow_config.yaml``) the tables know the grid, so an empty cell
+says whether it was "not in this profile" or planned but not finished.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from . import figures as figures_mod
+from . import tables as tables_mod
+
+
+# --------------------------------------------------------------------------- inputs
+
+def collect_samplers(results: str | Path) -> list[tuple[str, pd.DataFrame]]:
+    out = []
+    for p in sorted(Path(results).glob("samplers/*/*/seed*.csv")):
+        try:
+            df = pd.read_csv(p)
+        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
+            continue
+        out.append((f"{p.parent.parent.name}-{p.parent.name}-{p.stem}", df))
+    return out
+
+
+def benchmark_times(folder: str | Path) -> dict:
+    """Wall time of a workflow run from Snakemake's ``benchmark:`` files: each file's
+    mtime is its job's end, minus its ``s`` column its start."""
+    starts, ends, total, jobs = [], [], 0.0, 0
+    by_rule: dict[str, float] = {}
+    for p in sorted(Path(folder).rglob("*.tsv")):
+        try:
+            with open(p) as f:
+                rows = list(csv.DictReader(f, delimiter="\t"))
+        except OSError:
+            continue
+        secs = [float(r["s"]) for r in rows if r.get("s") not in (None, "", "NA")]
+        if not secs:
+            continue
+        s = secs[-1]
+        end = p.stat().st_mtime
+        starts.append(end - s)
+        ends.append(end)
+        total += s
+        jobs += 1
+        rule = p.relative_to(folder).parts[0] if p.parent != Path(folder) else p.stem
+        by_rule[rule] = by_rule.get(rule, 0.0) + s
+    if not jobs:
+        return {"jobs": 0}
+    return {"jobs": jobs, "job_seconds_total": round(total, 3), "first_job_start_utc": _utc(min(starts)),
+            "last_job_end_utc": _utc(max(ends)), "wall_time_s": round(max(ends) - min(starts), 3),
+            "job_seconds_by_rule": {k: round(v, 3) for k, v in sorted(by_rule.items())}}
+
+
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def run_metadata(results: Path, runs: pd.DataFrame, timing: pd.DataFrame, ctx, benchmarks_dir: Path | None,
+                 start_marker: Path | None, grid=None) -> dict:
+    from ..provenance import git_commit, versions
+
+    devices = set()
+    for df in (runs, timing):
+        if df is not None and not df.empty and "device" in df:
+            devices |= {str(d) for d in df["device"].dropna()}
+    commits = sorted({str(c) for c in runs["git_commit"].dropna()}) if not runs.empty and "git_commit" in runs else []
+    meta = {
+        "generated_utc": _utc(time.time()),
+        "profile": ctx.profile,
+        "profile_label": ctx.profile_label,
+        "seeds": ctx.seeds or (sorted({int(s) for s in runs["seed"].dropna()}) if not runs.empty and "seed" in runs else []),
+        "git_commit": git_commit(),
+        "git_commits_of_runs": commits,
+        "versions": versions(),
+        "devices": sorted(devices),
+        "runs_evaluated": int(len(runs)),
+        "cells_planned": len(grid.cells) if grid is not None else None,
+    }
+    if benchmarks_dir is not None:
+        meta["benchmarks"] = benchmark_times(benchmarks_dir)
+        meta["wall_time_s"] = meta["benchmarks"].get("wall_time_s")
+    if start_marker is not None and start_marker.exists():
+        try:
+            t0 = float(start_marker.read_text().split()[0])
+            meta["workflow_started_utc"] = _utc(t0)
+            meta["wall_time_since_start_s"] = round(time.time() - t0, 3)
+        except (ValueError, IndexError):
+            pass
+    if grid is not None:
+        done = set(zip(runs["dataset"], runs["variant"], runs["seed"].astype(int))) if not runs.empty else set()
+        meta["cells"] = [{**row, "seeds_done": sum((row["dataset"], row["variant"], s) in done for s in grid.seeds)}
+                         for row in grid.summary()]
+    return meta
+
+
+# --------------------------------------------------------------------------- README
+
+def _fmt(x, d=3):
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{d}f}"
+
+
+def readme(results: Path, tables: dict, figures: list[Path], meta: dict, runs: pd.DataFrame,
+           benchmarks: list[Path]) -> str:
+    lines = ["# ecdp-bench results", "",
+             "Generated by `ecdp report` (the workflow's `report` rule); do not edit by hand.", "",
+             f"- **Profile:** {meta['profile_label']}",
+             f"- **Seeds:** {', '.join(map(str, meta.get('seeds') or [])) or '-'}",
+             f"- **Commit:** `{meta['git_commit']}`",
+             f"- **Devices:** {'; '.join(meta['devices']) or '-'}",
+             f"- **Workflow wall time:** {_fmt(meta.get('wall_time_s'), 0) or '-'} s "
+             "(first job start to last job end, from the benchmark files)",
+             "- Metadata: [run_metadata.json](run_metadata.json)", "",
+             "## Tables", "",
+             "Each table has the paper's value beside ours; an empty cell was not run and its Note says why.", ""]
+    for name, t in tables.items():
+        title = "Protocol" if name == "protocol" else name.replace("table", "Table ")
+        lines.append(f"- **{title}**: {t.caption.split('. Profile')[0]} -- "
+                     f"[md](tables/{name}.md) · [csv](tables/{name}.csv) · [tex](tables/{name}.tex)")
+    lines += ["", "## Figures", ""]
+    if figures:
+        for p in figures:
+            rel = p.relative_to(results) if p.is_absolute() or str(p).startswith(str(results)) else p
+            lines.append(f"- [{p.name}]({rel})")
+    else:
+        lines.append("- none yet")
+    if benchmarks:
+        lines += ["", "## Benchmarks (pytest-benchmark)", ""]
+        lines += [f"- [{p.name}]({p.relative_to(results)})" for p in benchmarks]
+    lines += ["", "## Runs", "", "| dataset | variant | seed | LPIPS | PSNR | SSIM | NFE | s/img | folder |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    if not runs.empty:
+        for r in runs.sort_values(["dataset", "variant", "seed"]).itertuples(index=False):
+            rel = Path(r.run_dir).relative_to(results) if str(r.run_dir).startswith(str(results)) else r.run_dir
+            lines.append(f"| {r.dataset} | {r.variant} | {r.seed} | {_fmt(r.lpips)} | {_fmt(r.psnr, 2)} | "
+                         f"{_fmt(r.ssim)} | {_fmt(r.nfe, 0)} | {_fmt(r.seconds_per_image, 2)} | [{rel}]({rel}) |")
+    if meta.get("cells"):
+        pending = [c for c in meta["cells"] if c["seeds_done"] < c["seeds"]]
+        if pending:
+            lines += ["", "## Planned cells without results", ""]
+            lines += [f"- {c['dataset']}/{c['variant']} ({c['studies']}): {c['seeds_done']}/{c['seeds']} seeds"
+                      for c in pending]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- main
+
+def report(results: str | Path = "results", out: str | Path | None = None, workflow_config: str | Path | None = None,
+           benchmark_json: str | Path | None = None, benchmarks_dir: str | Path | None = None,
+           start_marker: str | Path | None = None, base_dir: str | Path = ".", log=print) -> dict:
+    """Build every table, figure, the README and run_metadata.json; returns what was written."""
+    from ..evaluation import atomic_write_text
+    from .grid import Grid, load_workflow_config
+
+    results = Path(results)
+    out = Path(out) if out else results
+    grid = None
+    if workflow_config:
+        grid = Grid(load_workflow_config(workflow_config), base_dir)
+        ctx = tables_mod.Context.from_grid(grid)
+    runs = tables_mod.collect_runs(results)
+    if grid is None:
+        ctx = tables_mod.Context.from_runs(runs)
+    timing = tables_mod.collect_timing(results)
+    samplers = collect_samplers(results)
+
+    tables = tables_mod.build_tables(runs, timing, ctx)
+    written = tables_mod.write_tables(tables, out / "tables")
+
+    fig8_ds = None
+    grid_datasets = sorted(runs["dataset"].unique()) if not runs.empty else []
+    if grid is not None:
+        f8 = grid.studies.get("figure8")
+        fig8_ds = grid.dataset_name(f8["dataset"]) if f8 else None
+        grid_datasets = [grid.dataset_name(grid.studies[t]["dataset"]) for t in ("table1", "table2", "table4")
+                         if grid.studies.get(t)]
+    elif not runs.empty:
+        fig8_ds = next(iter(sorted(runs[runs["variant"].isin(list(figures_mod.FIG8_VARIANTS))]["dataset"].unique())),
+                       None)
+    figs = figures_mod.make_figures(results, runs, out / "figures", fig8_dataset=fig8_ds, grid_datasets=grid_datasets,
+                                    samplers=samplers, profile_label=ctx.profile_label)
+
+    bench_files: list[Path] = []
+    if benchmark_json and Path(benchmark_json).exists():
+        try:
+            from .benchmarks import benchmark_tables
+        except ImportError as e:  # pragma: no cover - module of another engineer
+            log(f"benchmarks: skipped ({e})")
+        else:
+            res = benchmark_tables(benchmark_json, out / "benchmarks")
+            bench_files = [Path(p) for p in (res or [])] if isinstance(res, (list, tuple)) else \
+                sorted((out / "benchmarks").glob("*"))
+
+    meta = run_metadata(results, runs, timing, ctx, Path(benchmarks_dir) if benchmarks_dir else None,
+                        Path(start_marker) if start_marker else None, grid)
+    atomic_write_text(out / "run_metadata.json", json.dumps(meta, indent=2, default=str) + "\n")
+    atomic_write_text(out / "README.md", readme(out, tables, figs, meta, runs, bench_files))
+    log(f"report: {len(runs)} evaluated runs -> {len(written)} table files, {len(figs)} figures in {out}")
+    return {"tables": written, "figures": figs, "benchmarks": bench_files, "metadata": meta}
+
+
+def add_cli(p):
+    p.add_argument("--results", default="results", help="results folder (runs/, timing/, samplers/)")
+    p.add_argument("--out", default=None, help="where tables/, figures/, README.md go (default: --results)")
+    p.add_argument("--workflow-config", default=None,
+                   help="workflow config YAML the grid came from (the workflow writes RESULTS/workflow_config.yaml)")
+    p.add_argument("--benchmark-json", default=None, help="pytest-benchmark JSON -> RESULTS/benchmarks/ (if present)")
+    p.add_argument("--benchmarks-dir", default=None,
+                   help="Snakemake benchmark files (wall time of the run; default RESULTS/logs/benchmarks)")
+    p.add_argument("--start-marker", default=None, help="file holding the workflow's start time (epoch seconds)")
+
+
+def run_cli(args) -> int:
+    from ..cli import CLIError
+
+    results = Path(args.results)
+    if not results.exists():
+        raise CLIError(f"{results} does not exist")
+    bdir = args.benchmarks_dir or (results / "logs" / "benchmarks")
+    try:
+        report(results, args.out, args.workflow_config, args.benchmark_json, bdir, args.start_marker)
+    except (FileNotFoundError, ValueError) as e:
+        raise CLIError(str(e)) from None
+    return 0

@@ -1,0 +1,189 @@
+"""Seaborn figures of a results folder (PNG, headless Agg backend).
+
+* ``figure8.png``: LPIPS on validation patches during training for the eps, x0 and
+  hybrid parametrizations (paper Figure 8), from the trainer's ``val.jsonl``;
+* ``lpips_vs_seconds.png``: LPIPS against seconds per image, every evaluated cell,
+  one panel per dataset;
+* ``lpips_vs_nfe.png``: LPIPS against NFE per sampler of one model (sampler study);
+* ``grid_<dataset>.png``: visual comparison grids like the paper's Figure 4:
+  LR (nearest) | each method | HR, on the centre crops ``ecdp evaluate`` saves.
+
+Each function returns the path it wrote, or ``None`` (with nothing written) when its
+data is absent, so a partial results folder still gets every figure it can have.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+FIG8_VARIANTS = {"ecdp-eps": "eps", "ecdp-x0": "x0", "ecdp-hybrid-c1.0": "hybrid (c = 1.0)"}
+GRID_VARIANTS = ("sr3", "srdiff", "ecdp-hybrid-c1.0")
+GRID_LABELS = {"sr3": "SR3", "srdiff": "SRDiff", "ecdp-hybrid-c1.0": "ECDP"}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    _plt().close(fig)
+    return path
+
+
+def _subtitle(profile_label: str) -> str:
+    return f"profile: {profile_label}" if profile_label else ""
+
+
+# --------------------------------------------------------------------------- Figure 8
+
+def read_validation(results: str | Path, dataset: str, variants: dict[str, str] = FIG8_VARIANTS) -> pd.DataFrame:
+    rows = []
+    for variant, label in variants.items():
+        for p in sorted(Path(results).glob(f"runs/{dataset}/{variant}/seed*/train/val.jsonl")):
+            seed = p.parent.parent.name.removeprefix("seed")
+            for line in p.read_text().splitlines():
+                try:
+                    r = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                rows.append({"parametrization": label, "variant": variant, "seed": seed, **r})
+    return pd.DataFrame(rows)
+
+
+def figure8(results: str | Path, out: str | Path, dataset: str, profile_label: str = "") -> Path | None:
+    import seaborn as sns
+
+    df = read_validation(results, dataset)
+    if df.empty or "lpips" not in df:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    sns.lineplot(data=df, x="step", y="lpips", hue="parametrization", errorbar="sd", marker="o", ax=ax,
+                 hue_order=[v for v in FIG8_VARIANTS.values() if v in set(df["parametrization"])])
+    ax.set_xlabel("training step")
+    ax.set_ylabel("LPIPS on validation patches ↓")
+    ax.set_title(f"Figure 8: LPIPS during training ({dataset})\n{_subtitle(profile_label)}", fontsize=9)
+    return _save(fig, Path(out))
+
+
+# --------------------------------------------------------------------------- cost vs quality
+
+def lpips_vs_seconds(runs: pd.DataFrame, out: str | Path, profile_label: str = "") -> Path | None:
+    import seaborn as sns
+
+    if runs is None or runs.empty or "seconds_per_image" not in runs:
+        return None
+    df = runs.dropna(subset=["lpips", "seconds_per_image"])
+    if df.empty:
+        return None
+    g = sns.relplot(data=df, x="seconds_per_image", y="lpips", hue="variant", style="method", col="dataset",
+                    kind="scatter", s=70, height=3.6, aspect=1.1, facet_kws={"sharex": False, "sharey": False})
+    from matplotlib.ticker import NullFormatter
+
+    for ax in g.axes.flat:
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("seconds per image (log)")
+        ax.set_ylabel("LPIPS ↓")
+    g.figure.suptitle(f"LPIPS vs seconds per image, every evaluated run\n{_subtitle(profile_label)}",
+                      fontsize=9, y=1.06)
+    return _save(g.figure, Path(out))
+
+
+def lpips_vs_nfe(samplers: pd.DataFrame, out: str | Path, title: str = "", profile_label: str = "") -> Path | None:
+    import seaborn as sns
+
+    if samplers is None or samplers.empty or "nfe" not in samplers:
+        return None
+    df = samplers.copy()
+    df["family"] = df["sampler"].astype(str).str.replace(r"[-_]?\d+$", "", regex=True)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    sns.lineplot(data=df.sort_values("nfe"), x="nfe", y="lpips", hue="family", marker="o", ax=ax, errorbar=None)
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("NFE (network evaluations per image, log)")
+    ax.set_ylabel("LPIPS ↓")
+    ax.set_title(f"LPIPS vs NFE per sampler {title}\n{_subtitle(profile_label)}", fontsize=9)
+    return _save(fig, Path(out))
+
+
+# --------------------------------------------------------------------------- visual grids
+
+def visual_grid(results: str | Path, out: str | Path, dataset: str, variants=GRID_VARIANTS, labels=GRID_LABELS,
+                seed: int | None = None, max_images: int = 3, profile_label: str = "") -> Path | None:
+    """LR | each method | HR on the saved centre crops of the first images."""
+    from PIL import Image
+
+    results = Path(results)
+    crops: dict[str, Path] = {}
+    for v in variants:
+        seeds = sorted(results.glob(f"runs/{dataset}/{v}/seed*/crops"))
+        if seed is not None:
+            seeds = [p for p in seeds if p.parent.name == f"seed{seed}"]
+        if seeds:
+            crops[v] = seeds[0]
+    if not crops:
+        return None
+    ref = next(iter(crops.values()))
+    stems = sorted(p.name.removesuffix("_hr.png") for p in ref.glob("*_hr.png"))[:max_images]
+    if not stems:
+        return None
+    cols = ["LR"] + [labels.get(v, v) for v in crops] + ["HR"]
+    plt = _plt()
+    fig, axes = plt.subplots(len(stems), len(cols), figsize=(2.0 * len(cols), 2.0 * len(stems) + 0.4), squeeze=False)
+    for r, stem in enumerate(stems):
+        tiles = [ref / f"{stem}_lr.png"] + [crops[v] / f"{stem}_sr.png" for v in crops] + [ref / f"{stem}_hr.png"]
+        for c, path in enumerate(tiles):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if path.exists():
+                with Image.open(path) as im:
+                    ax.imshow(im.convert("RGB"), interpolation="nearest")
+            else:
+                ax.text(0.5, 0.5, "not run", ha="center", va="center", fontsize=8)
+            if r == 0:
+                ax.set_title(cols[c], fontsize=9)
+        axes[r][0].set_ylabel(stem, fontsize=8)
+    fig.suptitle(f"Visual comparison on {dataset} (centre crops)\n{_subtitle(profile_label)}", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, Path(out))
+
+
+def make_figures(results: str | Path, runs: pd.DataFrame, out_dir: str | Path, *, fig8_dataset: str | None,
+                 grid_datasets: list[str], samplers: list[tuple[str, pd.DataFrame]] = (),
+                 profile_label: str = "") -> list[Path]:
+    """Every figure this results folder has data for; returns the files written."""
+    out_dir = Path(out_dir)
+    written = []
+    if fig8_dataset:
+        written.append(figure8(results, out_dir / "figure8.png", fig8_dataset, profile_label))
+    written.append(lpips_vs_seconds(runs, out_dir / "lpips_vs_seconds.png", profile_label))
+    for name, df in samplers:
+        written.append(lpips_vs_nfe(df, out_dir / ("lpips_vs_nfe.png" if len(samplers) == 1 else f"lpips_vs_nfe_{name}.png"),
+                                    f"({name})", profile_label))
+    for ds in grid_datasets:
+        written.append(visual_grid(results, out_dir / f"grid_{ds}.png", ds, profile_label=profile_label))
+    return [p for p in written if p is not None and not (isinstance(p, float) and math.isnan(p))]

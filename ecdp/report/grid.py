@@ -1,0 +1,324 @@
+"""The experiment grid of a workflow config: which (dataset, variant, seed) cells run,
+with which run config, and which cells share one training job.
+
+Both the Snakefile (to create jobs) and ``ecdp report`` (to lay out tables and say why
+a cell is empty) read the grid from here, so there is one definition of it.
+
+A workflow config (``config/default.yaml``, ``config/paper.yaml``; schema in
+``config/schema.yaml``) has
+
+* ``datasets``: logical key (``div2k``, ``imagenet``, ``celeba``) -> prepared dataset
+  name (the ``{dataset}`` wildcard, e.g. ``embedded-div2k``), the ``ecdp data prepare``
+  argument that makes it, and settings applied to every method on it;
+* ``methods``: method family -> base run config (a YAML file and/or inline settings)
+  and per-dataset settings;
+* ``variants``: name -> method family + settings (``set``) + stages to drop;
+* ``studies``: which variants each table / figure needs on which dataset.
+
+The run config of a cell is, later wins: the method's base file, the method's inline
+settings, the dataset's settings, the method's per-dataset settings, the variant's
+settings, study-specific settings (validation for Figure 8), then ``seed`` and
+``data.{root,dataset}``; resolved by :func:`ecdp.config.resolve`.
+
+Two cells whose resolved configs differ only in what does not change the trained
+weights (test-time ``sampler``, ``train.validate``, logging and checkpoint cadence,
+data-loader workers) share one training job: the first such cell in grid order owns
+it (``trained_as``), the others only evaluate its checkpoint with their own sampler.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .. import config as config_mod
+
+#: Variant names the table builder knows (ecdp.report.tables maps paper rows to them).
+MAIN_ECDP = "ecdp-hybrid-c1.0"
+TOGGLE_PREFIX = "ecdp-paper-but-"
+OFFICIAL = "ecdp-official"
+
+#: keys of a resolved run config that do not change the trained weights
+NON_TRAINING_KEYS = (("sampler",), ("train", "validate"), ("train", "log_every"), ("train", "checkpoint_every"),
+                     ("data", "workers"))
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent  # configs of a source checkout
+
+STUDIES = ("table1", "table2", "table3", "table4", "table5", "table7", "figure8", "protocol", "samplers")
+
+
+@dataclass
+class Cell:
+    """One (dataset, variant) of the grid; runs once per seed."""
+
+    dataset_key: str            # div2k / imagenet / celeba
+    dataset: str                # prepared dataset name (the {dataset} wildcard)
+    variant: str
+    method: str                 # method family (ecdp, sr3, sr3pp, ...)
+    user: dict                  # unresolved run config (without seed)
+    studies: list[str] = field(default_factory=list)
+    trained_as: str = ""        # the variant whose training job this cell uses
+    eval_sampler: dict = field(default_factory=dict)  # sampler options passed to `ecdp evaluate`
+
+    def run_config(self, seed: int) -> dict:
+        return config_mod.resolve(config_mod.deep_merge(self.user, {"seed": int(seed)}))
+
+    @property
+    def shares_training(self) -> bool:
+        return self.trained_as != self.variant
+
+
+def _strip(cfg: dict, paths=NON_TRAINING_KEYS) -> dict:
+    out = copy.deepcopy(cfg)
+    for path in paths:
+        node = out
+        for p in path[:-1]:
+            node = node.get(p) if isinstance(node, dict) else None
+            if node is None:
+                break
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
+    return out
+
+
+def training_key(resolved: dict) -> str:
+    """Hash of the part of a resolved run config that determines the trained weights."""
+    return hashlib.sha256(json.dumps(_strip(resolved), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _set_path(tree: dict, dotted: str, value) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = copy.deepcopy(value)
+
+
+def discrepancy_overrides(name: str) -> dict:
+    """Run-config settings that switch one discrepancy of :data:`ecdp.config.DISCREPANCIES`
+    to the released code's value (everything else stays the paper protocol)."""
+    paths, _paper, official = config_mod.DISCREPANCIES[name]
+    out: dict = {}
+    for path in paths.split(","):
+        _set_path(out, path.strip(), official)
+    return out
+
+
+def discrepancy_label(name: str) -> str:
+    paths, paper, official = config_mod.DISCREPANCIES[name]
+    return f"{name}: {paths} = {official} (paper: {paper})"
+
+
+class Grid:
+    """The cells of a workflow config (see the module docstring)."""
+
+    def __init__(self, config: dict, base_dir: str | Path = "."):
+        self.config = config
+        self.base_dir = Path(base_dir)
+        self.profile = config.get("profile", "custom")
+        self.profile_label = config.get("profile_label", self.profile)
+        self.seeds = [int(s) for s in config.get("seeds", [0])]
+        self.data_root = str(config.get("data_root", "data"))
+        self.datasets: dict = config.get("datasets", {})
+        self.methods: dict = config.get("methods", {})
+        self.variants: dict = self._all_variants()
+        self.studies: dict = config.get("studies", {})
+        self.cells: dict[tuple[str, str], Cell] = {}
+        self.skipped: dict[str, str] = {}   # protocol rows skipped in this profile -> reason
+        self._build()
+
+    # --- variants ------------------------------------------------------------------
+    def _all_variants(self) -> dict:
+        variants = copy.deepcopy(self.config.get("variants", {}))
+        proto = self.config.get("studies", {}).get("protocol")
+        if proto:
+            variants.setdefault(OFFICIAL, {"method": proto.get("method", "ecdp"), "set": {"protocol": "official"}})
+            for name in config_mod.DISCREPANCIES:
+                variants.setdefault(TOGGLE_PREFIX + name, {
+                    "method": proto.get("method", "ecdp"), "set": discrepancy_overrides(name)})
+        return variants
+
+    def _base(self, method: str) -> dict:
+        m = self.methods.get(method)
+        if m is None:
+            raise ValueError(f"method {method!r} is used by a variant but not defined under `methods`")
+        base: dict = {}
+        if m.get("config"):
+            path = Path(m["config"])
+            if not path.is_absolute():
+                candidates = [self.base_dir / path, REPO_ROOT / path]
+                path = next((c for c in candidates if c.exists()), candidates[0])
+            base = yaml.safe_load(path.read_text()) or {}
+        return config_mod.deep_merge(base, m.get("set") or {})
+
+    def user_config(self, dataset_key: str, variant: str, extra: dict | None = None) -> dict:
+        if variant not in self.variants:
+            raise ValueError(f"variant {variant!r} is not defined under `variants`")
+        if dataset_key not in self.datasets:
+            raise ValueError(f"dataset {dataset_key!r} is not defined under `datasets`")
+        v = self.variants[variant]
+        method = v.get("method", "ecdp")
+        d = self.datasets[dataset_key]
+        cfg = self._base(method)
+        cfg = config_mod.deep_merge(cfg, d.get("set") or {})
+        cfg = config_mod.deep_merge(cfg, (self.methods[method].get("datasets") or {}).get(dataset_key) or {})
+        cfg = config_mod.deep_merge(cfg, v.get("set") or {})
+        drop = set(v.get("drop_stages") or [])
+        if drop:
+            stages = cfg.get("train", {}).get("stages")
+            if stages is None:  # the defaults' stages
+                stages = config_mod.DEFAULTS["train"]["stages"]
+            cfg = config_mod.deep_merge(cfg, {"train": {"stages": [s for s in stages if s.get("kind") not in drop
+                                                                    and s.get("name") not in drop]}})
+        cfg = config_mod.deep_merge(cfg, extra or {})
+        cfg = config_mod.deep_merge(cfg, {"data": {"root": self.data_root, "dataset": d["name"]}})
+        cfg.pop("seed", None)
+        return cfg
+
+    # --- cells -----------------------------------------------------------------------
+    def _add(self, dataset_key: str, variant: str, study: str, extra: dict | None = None) -> Cell:
+        name = self.datasets[dataset_key]["name"]
+        key = (name, variant)
+        cell = self.cells.get(key)
+        if cell is None:
+            method = self.variants.get(variant, {}).get("method", "ecdp")
+            cell = Cell(dataset_key, name, variant, method, self.user_config(dataset_key, variant))
+            self.cells[key] = cell
+        if extra:
+            cell.user = config_mod.deep_merge(cell.user, extra)
+        if study not in cell.studies:
+            cell.studies.append(study)
+        return cell
+
+    def _build(self) -> None:
+        st = self.studies
+        for table in ("table1", "table2", "table4", "table5", "table7", "table3"):
+            s = st.get(table)
+            if s:
+                for v in s.get("variants", []):
+                    self._add(s["dataset"], v, table)
+        fig8 = st.get("figure8")
+        if fig8:
+            for v in fig8.get("variants", []):
+                self._add(fig8["dataset"], v, "figure8",
+                          {"train": {"validate": fig8.get("validate", {"every": 100, "patches": 8})}})
+        proto = st.get("protocol")
+        if proto:
+            ds = proto["dataset"]
+            self._add(ds, proto.get("paper_variant", MAIN_ECDP), "protocol")
+            self._add(ds, proto.get("official_variant", OFFICIAL), "protocol")
+            rows = proto.get("discrepancies") or {}
+            for name in config_mod.DISCREPANCIES:
+                row = rows.get(name)
+                if row is None:
+                    self.skipped[name] = "not in this profile"
+                    continue
+                if row.get("skip"):
+                    self.skipped[name] = str(row["skip"])
+                    continue
+                row_ds = row.get("dataset", ds)
+                if row_ds != ds:   # its reference: the paper protocol on that dataset
+                    self._add(row_ds, proto.get("paper_variant", MAIN_ECDP), "protocol")
+                self._add(row_ds, TOGGLE_PREFIX + name, "protocol")
+        sam = st.get("samplers")
+        if sam:
+            self._add(sam["dataset"], sam["variant"], "samplers")
+        self._assign_training()
+
+    def _assign_training(self) -> None:
+        owners: dict[str, Cell] = {}
+        seed = self.seeds[0] if self.seeds else 0
+        for cell in self.cells.values():
+            resolved = cell.run_config(seed)
+            k = training_key(resolved)
+            owner = owners.setdefault(k, cell)
+            cell.trained_as = owner.variant
+            if owner is not cell:
+                own = owner.run_config(seed).get("sampler", {})
+                mine = resolved.get("sampler", {})
+                cell.eval_sampler = mine if mine != own else {}
+
+    # --- queries ---------------------------------------------------------------------
+    def cell(self, dataset: str, variant: str) -> Cell:
+        try:
+            return self.cells[(dataset, variant)]
+        except KeyError:
+            known = ", ".join(f"{d}/{v}" for d, v in self.cells)
+            raise KeyError(f"{dataset}/{variant} is not a cell of the {self.profile} grid; cells: {known}") from None
+
+    def dataset_name(self, key: str) -> str:
+        return self.datasets[key]["name"]
+
+    def training_cells(self) -> list[Cell]:
+        return [c for c in self.cells.values() if not c.shares_training]
+
+    def run_dir(self, results: str, cell: Cell, seed: int) -> str:
+        return f"{results}/runs/{cell.dataset}/{cell.variant}/seed{seed}"
+
+    def checkpoint(self, results: str, cell: Cell, seed: int) -> str:
+        owner = self.cells[(cell.dataset, cell.trained_as)]
+        return f"{self.run_dir(results, owner, seed)}/train/final.pt"
+
+    def cell_targets(self, results: str, name: str = "metrics.csv") -> list[str]:
+        return [f"{self.run_dir(results, c, s)}/{name}" for c in self.cells.values() for s in self.seeds]
+
+    def summary(self) -> list[dict]:
+        """One row per cell: what the grid runs (for --dry-run listings and the README)."""
+        return [{"dataset": c.dataset, "variant": c.variant, "method": c.method, "studies": ",".join(c.studies),
+                 "trained_as": c.trained_as, "seeds": len(self.seeds)} for c in self.cells.values()]
+
+
+def load_workflow_config(path: str | Path) -> dict:
+    return yaml.safe_load(Path(path).read_text()) or {}
+
+
+def clean_stale_training(run_yaml: str | Path, out_dir: str | Path, log=print) -> bool:
+    """Before ``ecdp train --resume``: if ``out_dir`` holds a partial run written with a
+    different config (the grid config changed since), remove its checkpoint and logs
+    so training starts afresh instead of refusing to resume.  Returns True if removed."""
+    out_dir = Path(out_dir)
+    ck_path = out_dir / "checkpoint.pt"
+    if not ck_path.exists():
+        return False
+    from .. import checkpoint as ckpt
+
+    want = config_mod.load(run_yaml)
+    try:
+        have = ckpt.load(ck_path).get("config")
+    except (ValueError, FileNotFoundError):
+        have = None
+    if have == want:
+        return False
+    for name in ("checkpoint.pt", "log.jsonl", "val.jsonl", "final.pt"):
+        (out_dir / name).unlink(missing_ok=True)
+    log(f"{out_dir}: partial training of another config removed; training starts afresh")
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ecdp.report.grid cells CONFIG`` | ``clean-stale RUN_YAML TRAIN_DIR``."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m ecdp.report.grid")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("cells", help="list the cells of a workflow config")
+    c.add_argument("config")
+    s = sub.add_parser("clean-stale", help="remove a partial training written with another config")
+    s.add_argument("run_yaml")
+    s.add_argument("train_dir")
+    args = p.parse_args(argv)
+    if args.cmd == "cells":
+        grid = Grid(load_workflow_config(args.config), Path(args.config).resolve().parent.parent)
+        for row in grid.summary():
+            print("\t".join(str(row[k]) for k in ("dataset", "variant", "method", "trained_as", "studies")))
+        return 0
+    clean_stale_training(args.run_yaml, args.train_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

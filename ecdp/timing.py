@@ -1,0 +1,308 @@
+"""Seconds per image and NFE of any method's sampler (Table 3), and a quality-vs-cost study.
+
+* :func:`time_sampler` times ``method.super_resolve`` (the suite's one method
+  interface, DESIGN.md), so ECDP, SR3, SRDiff and every variant are timed by the same
+  code: ``warmup`` untimed runs, then ``repeats`` timed runs, each bracketed by
+  ``torch.cuda.synchronize`` on CUDA; the median run divided by the batch size is
+  ``seconds_per_image``.  Each run draws x(T) from the same seeded generator, so every
+  repeat does the same work (same NFE for adaptive solvers).
+* ``ecdp time`` (:func:`add_cli` / :func:`run_cli`) does that for a checkpoint and writes
+  one CSV row: the workflow's Table 3 rule.  Table 3 is "time to generate a single
+  256 x 256 HR image": ``--size 64`` (the LR side) at 4x.
+* :func:`sampler_study` scores several samplers of one trained model on a test set:
+  LPIPS / PSNR / SSIM against NFE and seconds per image.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+TIME_COLUMNS = ["method", "sampler", "sampler_options", "nfe", "seconds_per_image", "seconds_runs", "lr_size",
+                "hr_size", "scale", "batch", "repeats", "warmup", "device", "threads", "seed", "checkpoint",
+                "git_commit", "time_utc"]
+
+
+def _device_of(method: torch.nn.Module) -> torch.device:
+    for p in method.parameters():
+        return p.device
+    for b in method.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def method_name(method: torch.nn.Module) -> str:
+    cfg = getattr(method, "cfg", None)
+    if isinstance(cfg, dict) and cfg.get("method"):
+        return str(cfg["method"])
+    return type(method).__name__.lower()
+
+
+def _sampler_label(stats: dict, options: dict) -> str:
+    """e.g. ``ode-dopri5-tol1e-04``, ``dpmpp_2m-10``, ``ddpm-ancestral-100``."""
+    label = str(stats.get("sampler") or options.get("name") or "default")
+    if stats.get("steps") is not None:
+        label = f"{label}-{stats['steps']}"
+    atol, rtol = stats.get("atol"), stats.get("rtol")
+    if atol is not None and stats.get("steps") is None:
+        label += f"-tol{atol:.0e}" if atol == rtol else f"-atol{atol:.0e}-rtol{rtol:.0e}"
+    return label
+
+
+@torch.no_grad()
+def time_sampler(method: torch.nn.Module, lr: torch.Tensor, sampler_options: dict | None = None, repeats: int = 3,
+                 warmup: int = 1, seed: int = 0) -> dict:
+    """Time ``method.super_resolve(lr, **sampler_options)``.
+
+    ``lr``: (B, 3, h, w) or (3, h, w) in [0, 1].  Returns ``seconds_per_image`` (median
+    of ``repeats`` timed runs / B), ``seconds_runs`` (every timed run, whole batch),
+    ``nfe`` (of the last run; ``nfe_runs`` lists all), ``sampler`` (from the sampler's
+    stats), ``stats`` (last run's stats), ``device``, ``threads``, ``lr_size``,
+    ``hr_size``, ``batch``.
+    """
+    from .provenance import device_name
+
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    opts = dict(sampler_options or {})
+    device = _device_of(method)
+    if lr.dim() == 3:
+        lr = lr[None]
+    lr = lr.to(device)
+    was_training = method.training
+    method.eval()
+
+    def run():
+        g = torch.Generator(device).manual_seed(seed)
+        _sync(device)
+        t0 = time.perf_counter()
+        sr, stats = method.super_resolve(lr, generator=g, **opts)
+        _sync(device)
+        return time.perf_counter() - t0, sr, stats
+
+    try:
+        for _ in range(max(0, int(warmup))):
+            run()
+        runs, nfes = [], []
+        for _ in range(int(repeats)):
+            dt, sr, stats = run()
+            runs.append(dt)
+            nfes.append(int(stats.get("nfe", -1)))
+    finally:
+        method.train(was_training)
+    batch = lr.shape[0]
+    return {
+        "method": method_name(method),
+        "sampler": _sampler_label(stats, opts),
+        "sampler_options": json.dumps(opts, sort_keys=True),
+        "nfe": nfes[-1],
+        "nfe_runs": nfes,
+        "seconds_per_image": statistics.median(runs) / batch,
+        "seconds_runs": runs,
+        "lr_size": f"{lr.shape[-2]}x{lr.shape[-1]}",
+        "hr_size": f"{sr.shape[-2]}x{sr.shape[-1]}",
+        "scale": sr.shape[-1] // lr.shape[-1],
+        "batch": batch,
+        "repeats": int(repeats),
+        "warmup": int(warmup),
+        "device": device_name(device),
+        "threads": torch.get_num_threads(),
+        "seed": seed,
+        "stats": stats,
+    }
+
+
+def photo_lr(size: int) -> torch.Tensor:
+    """A deterministic real LR photo (scikit-image's astronaut) of ``size`` x ``size``, 8-bit values."""
+    import numpy as np
+    from skimage import data as skdata
+
+    from .imageio import quantize
+    from .imresize import imresize
+
+    img = torch.from_numpy(np.asarray(skdata.astronaut(), dtype=np.float32) / 255.0).permute(2, 0, 1)
+    return quantize(imresize(img, size=(size, size)).clamp(0, 1))
+
+
+# --------------------------------------------------------------------------- CLI
+
+def add_cli(p):
+    p.add_argument("--checkpoint", required=True, help="final.pt written by `ecdp train` (any method)")
+    p.add_argument("--size", type=int, default=64,
+                   help="LR side in pixels (default 64: a 256x256 HR image at 4x, as in Table 3)")
+    p.add_argument("--image", help="time on this LR image instead of the built-in test photo (--size is ignored)")
+    p.add_argument("--batch", type=int, default=1, help="images per super_resolve call (default 1)")
+    p.add_argument("--sampler", help="sampler options as JSON, e.g. '{\"name\": \"dpmpp_2m\", \"steps\": 20}'")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs; the median is reported (default 3)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of x(T)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", help="CSV file to write (one header line + one row); printed otherwise")
+
+
+def write_rows(rows: list[dict], path: str | os.PathLike | None, columns: list[str] = TIME_COLUMNS) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in r.items()})
+    text = buf.getvalue()
+    if path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    return text
+
+
+def run_cli(args) -> int:
+    from .checkpoint import load_method
+    from .cli import CLIError
+    from .provenance import record
+
+    try:
+        opts = json.loads(args.sampler) if args.sampler else {}
+    except json.JSONDecodeError as e:
+        raise CLIError(f"--sampler is not valid JSON: {e}") from None
+    if not isinstance(opts, dict):
+        raise CLIError("--sampler must be a JSON object, e.g. '{\"atol\": 1e-4}'")
+    if args.repeats < 1 or args.warmup < 0 or args.batch < 1 or args.size < 1:
+        raise CLIError("--repeats, --batch and --size must be >= 1 and --warmup >= 0")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise CLIError("--device cuda requested but CUDA is not available")
+    try:
+        method, ck = load_method(args.checkpoint, args.device)
+    except (FileNotFoundError, ValueError) as e:
+        raise CLIError(str(e)) from None
+    if args.image:
+        from .imageio import ImageReadError, load_image
+
+        try:
+            lr = load_image(args.image)
+        except (ImageReadError, FileNotFoundError) as e:
+            raise CLIError(str(e)) from None
+    else:
+        lr = photo_lr(args.size)
+    lr = lr[None].expand(args.batch, -1, -1, -1).contiguous()
+    try:
+        res = time_sampler(method, lr, opts, args.repeats, args.warmup, args.seed)
+    except (TypeError, ValueError) as e:  # e.g. an unknown sampler name or option
+        raise CLIError(f"sampling failed: {e}") from None
+    prov = record(args.seed, args.device)
+    row = {**res, "checkpoint": str(args.checkpoint), "git_commit": prov["git_commit"], "time_utc": prov["time_utc"],
+           "method": (ck.get("config") or {}).get("method", res["method"])}
+    text = write_rows([row], args.out)
+    if args.out:
+        print(f"{row['method']} {row['sampler']}: {row['seconds_per_image']:.3f} s/image, NFE {row['nfe']}, "
+              f"{row['hr_size']} on {row['device']} -> {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
+# --------------------------------------------------------------------------- quality vs cost
+
+def _center_crop(lr: torch.Tensor, hr: torch.Tensor, lr_crop: int | None, scale: int):
+    if not lr_crop:
+        return lr, hr
+    h, w = lr.shape[-2:]
+    c = min(lr_crop, h, w)
+    top, left = (h - c) // 2, (w - c) // 2
+    return (lr[..., top:top + c, left:left + c],
+            hr[..., top * scale:(top + c) * scale, left * scale:(left + c) * scale])
+
+
+def sampler_study(method, dataset_root: str | os.PathLike, samplers: list[dict], limit: int | None = 10,
+                  lr_crop: int | None = None, seed: int = 0, convention: str = "ecdp", device: str | None = None,
+                  per_image: bool = False, reference: int | None = 0):
+    """LPIPS / PSNR / SSIM against NFE and seconds per image for each sampler of one model.
+
+    ``method``: an ``nn.Module`` with ``super_resolve`` or a checkpoint path.
+    ``dataset_root``: a prepared dataset folder (``meta.json``, ``test/HR``, ``test/LR``).
+    ``samplers``: sampler option dicts, e.g. ``[{"name": "ode", "atol": 1e-4, "rtol": 1e-4},
+    {"name": "dpmpp_2m", "steps": 10}]`` (``{}`` = the model's configured sampler).
+    ``limit``: first N test images; ``lr_crop``: centre-crop the LR image to this side
+    (and the HR image accordingly) to keep CPU runs short.  Image ``i`` uses seed
+    ``seed + i`` for x(T) under every sampler, so samplers are compared on the same noise.
+
+    ``reference``: index in ``samplers`` of the most accurate solver (default 0, e.g.
+    dopri5 at a tight tolerance); every sampler's SR image is also compared with the
+    reference sampler's SR image of the same noise (``psnr_vs_ref``, ``lpips_vs_ref``):
+    how far the solver is from the ODE's solution, as opposed to how far from the HR
+    image.  ``None`` skips it.
+
+    Returns a ``pandas.DataFrame`` with one row per sampler (``per_image=True``: one row
+    per sampler and image): sampler, options, nfe, seconds_per_image, lpips, psnr, ssim,
+    psnr_vs_ref, lpips_vs_ref, n_images, convention, device.
+    """
+    import pandas as pd
+
+    from .data import PairedImages, read_meta
+    from .metrics import score
+    from .provenance import device_name
+
+    if isinstance(method, (str, os.PathLike)):
+        from .checkpoint import load_method
+
+        method, _ = load_method(method, device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    method.eval()
+    dev = _device_of(method)
+    scale = int(read_meta(dataset_root)["scale"])
+    test = PairedImages(dataset_root, "test", limit=limit)
+    images = [_center_crop(lr, hr, lr_crop, scale) + (stem,) for hr, lr, stem in (test[i] for i in range(len(test)))]
+    rows = []
+    if images and samplers:  # one untimed run: first-call overheads (allocator, kernels) stay out of the timings
+        with torch.no_grad():
+            method.super_resolve(images[0][0][None].to(dev), generator=torch.Generator(dev).manual_seed(seed),
+                                 **dict(samplers[0]))
+    order = list(range(len(samplers)))
+    if reference is not None:  # the reference sampler runs first so the others can be compared with it
+        order.remove(reference)
+        order.insert(0, reference)
+    ref_sr: dict = {}
+    for k in order:
+        opts = dict(samplers[k])
+        for i, (lr, hr, stem) in enumerate(images):
+            g = torch.Generator(dev).manual_seed(seed + i)
+            with torch.no_grad():
+                _sync(dev)
+                t0 = time.perf_counter()
+                sr, stats = method.super_resolve(lr[None].to(dev), generator=g, **opts)
+                _sync(dev)
+                seconds = time.perf_counter() - t0
+            m = score(sr[0].cpu(), hr, convention=convention, scale=scale)
+            if reference is not None and k == reference:
+                ref_sr[i] = sr[0].cpu()
+            vs = score(sr[0].cpu(), ref_sr[i], convention=convention, scale=scale) if i in ref_sr else {}
+            rows.append({"k": k, "sampler": _sampler_label(stats, opts), "options": json.dumps(opts, sort_keys=True),
+                         "image": stem, "nfe": int(stats.get("nfe", -1)), "seconds_per_image": seconds,
+                         "lpips": m["lpips"], "psnr": m["psnr"], "ssim": m["ssim"],
+                         "psnr_vs_ref": vs.get("psnr", float("nan")), "lpips_vs_ref": vs.get("lpips", float("nan")),
+                         "convention": m["convention"], "device": device_name(dev)})
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    df = df.sort_values("k", kind="stable").drop(columns="k").reset_index(drop=True)  # the caller's order
+    if per_image:
+        return df
+    agg = (df.groupby(["sampler", "options"], sort=False)
+             .agg(nfe=("nfe", "mean"), seconds_per_image=("seconds_per_image", "mean"), lpips=("lpips", "mean"),
+                  psnr=("psnr", "mean"), ssim=("ssim", "mean"), psnr_vs_ref=("psnr_vs_ref", "mean"),
+                  lpips_vs_ref=("lpips_vs_ref", "mean"), n_images=("image", "count"),
+                  convention=("convention", "first"), device=("device", "first"))
+             .reset_index())
+    return agg

@@ -1,0 +1,158 @@
+"""Fixed-step samplers of eq. 13 (dpmpp_1, dpmpp_2m, heun, rk4) on an exactly solvable case.
+
+Data model: every pixel of x0 is N(m, s^2) given y, while the process is centred on
+mu(y) = mu != m with prior variance sigma2 != s^2 (so the denoiser is not trivial).
+With x_t = mu + sqrt(alpha)(x0 - mu) + sqrt((1 - alpha) sigma2) eps (eq. 17), x_t is
+Gaussian with mean m_t = mu + sqrt(alpha)(m - mu) and variance
+v_t = alpha s^2 + (1 - alpha) sigma2, and the exact data prediction is the Gaussian
+posterior mean (Tweedie / linear regression of x0 on x_t):
+
+    D(x, t) = E[x0 | x_t = x] = m + sqrt(alpha) s^2 / v_t (x - m_t).
+
+The probability flow of a 1-D Gaussian family is the monotone affine map that matches
+the marginals, so eq. 13 from T to t_eps has the closed-form solution
+
+    x(t_eps) = m_eps + sqrt(v_eps / v_T) (x(T) - m_T),
+
+which is the reference for the order test (torchdiffeq's dopri5 at tolerance 1e-6 is
+only accurate to ~1e-4 here, not enough to resolve rk4's error at 64 steps; the test
+checks that dopri5 at a tight tolerance agrees with the closed form).
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ecdp.sampling import SAMPLERS, get_sampler, log_snr, log_snr_grid, sample_ode
+from ecdp.sde import ConditionalVPSDE, _bc
+
+SDE = ConditionalVPSDE()
+MU, SIGMA2, M, S = 0.3, 0.04, 0.45, 0.1
+FAST = ("dpmpp_1", "dpmpp_2m", "heun", "rk4")
+NFE_PER_STEP = {"dpmpp_1": 1, "dpmpp_2m": 1, "heun": 2, "rk4": 4}
+MIN_ORDER = {"dpmpp_1": 0.8, "dpmpp_2m": 1.6, "heun": 1.6, "rk4": 3.0}
+
+
+def gaussian_denoiser(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    a = _bc(SDE.alpha(t), x)
+    v = a * S**2 + (1 - a) * SIGMA2
+    return M + a.sqrt() * S**2 / v * (x - MU - a.sqrt() * (M - MU))
+
+
+def marginal(t: float) -> tuple[float, float]:
+    a = math.exp(float(SDE.log_alpha(torch.tensor(t, dtype=torch.float64))))
+    return MU + math.sqrt(a) * (M - MU), a * S**2 + (1 - a) * SIGMA2
+
+
+def exact_flow(x_T: torch.Tensor) -> torch.Tensor:
+    m_T, v_T = marginal(SDE.T)
+    m_e, v_e = marginal(SDE.t_eps)
+    return m_e + math.sqrt(v_e / v_T) * (x_T - m_T)
+
+
+def prior(shape, dtype=torch.float64, seed=0):
+    mu = torch.full(shape, MU, dtype=dtype)
+    return SDE.prior_sample(mu, SIGMA2, torch.Generator().manual_seed(seed)), mu
+
+
+def test_registered():
+    for name in FAST:
+        assert get_sampler(name) is SAMPLERS[name]
+
+
+def test_log_snr_grid():
+    ts = log_snr_grid(SDE, 7, torch.float64)
+    assert ts[0] == SDE.T and ts[-1] == SDE.t_eps
+    assert (ts[1:] < ts[:-1]).all()
+    lam = log_snr(SDE, ts)
+    h = lam[1:] - lam[:-1]
+    assert torch.allclose(h, h.mean().expand_as(h), rtol=1e-9)
+    with pytest.raises(ValueError):
+        log_snr_grid(SDE, 0)
+
+
+@pytest.mark.parametrize("name", FAST)
+@pytest.mark.parametrize("steps", [1, 3, 10])
+def test_nfe_accounting(name, steps):
+    calls = []
+
+    def d(x, t):
+        calls.append(t)
+        assert t.shape == (x.shape[0],)
+        return gaussian_denoiser(x, t)
+
+    x_T, mu = prior((2, 3, 4, 4), torch.float32)
+    x, stats = SAMPLERS[name](d, x_T, mu, SIGMA2, SDE, steps=steps)
+    assert stats == {"nfe": NFE_PER_STEP[name] * steps, "sampler": name, "steps": steps}
+    assert len(calls) == stats["nfe"]
+    assert x.shape == x_T.shape and x.dtype == torch.float32 and torch.isfinite(x).all()
+    assert all(SDE.t_eps - 1e-7 <= float(t[0]) <= SDE.T + 1e-7 for t in calls)
+
+
+@pytest.mark.parametrize("name,steps", [("dpmpp_1", 400), ("dpmpp_2m", 50), ("heun", 50), ("rk4", 20)])
+def test_maps_prior_to_data_distribution(name, steps):
+    """N(mu, sigma2) prior samples come out N(m, s^2) (Monte Carlo tolerance)."""
+    x_T, mu = prior((4, 3, 64, 64), torch.float32, seed=1)
+    x, _ = SAMPLERS[name](gaussian_denoiser, x_T, mu, SIGMA2, SDE, steps=steps)
+    n = x.numel()
+    # 5 standard errors + the prior's own mismatch with p_T (alpha(T) = 4e-5: ~1e-3 in the mean)
+    assert abs(float(x.mean()) - M) < 5 * S / math.sqrt(n) + 2e-3
+    assert abs(float(x.std()) / S - 1) < 5 * math.sqrt(0.5 / n) + 0.01
+    # and the sample itself is close to the exact transport of the same noise
+    assert float((x.double() - exact_flow(x_T.double())).abs().mean()) < 0.01 * S
+
+
+def test_dopri5_agrees_with_closed_form():
+    x_T, mu = prior((1, 1, 16, 16))
+    ref, stats = sample_ode(gaussian_denoiser, x_T, mu, SIGMA2, SDE, atol=1e-10, rtol=1e-10)
+    assert float((ref - exact_flow(x_T)).abs().max()) < 1e-7
+    loose, _ = sample_ode(gaussian_denoiser, x_T, mu, SIGMA2, SDE, atol=1e-6, rtol=1e-6)
+    assert float((loose - ref).abs().max()) < 1e-3
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_convergence_order(name):
+    """Max error vs. the exact flow falls like steps^-p; observed p (least squares over
+    16, 32, 64 steps) above 0.8 / 1.6 / 1.6 / 3 for orders 1 / 2 / 2 / 4."""
+    x_T, mu = prior((1, 1, 32, 32))
+    exact = exact_flow(x_T)
+    steps = [16, 32, 64]
+    errs = []
+    for n in steps:
+        x, _ = SAMPLERS[name](gaussian_denoiser, x_T, mu, SIGMA2, SDE, steps=n)
+        errs.append(float((x - exact).abs().max()))
+    xs = torch.tensor([math.log(n) for n in steps], dtype=torch.float64)
+    ys = torch.tensor([math.log(e) for e in errs], dtype=torch.float64)
+    slope = float(((xs - xs.mean()) * (ys - ys.mean())).sum() / ((xs - xs.mean()) ** 2).sum())
+    print(f"\n{name}: errors {['%.2e' % e for e in errs]} observed order {-slope:.2f}")
+    assert errs[0] > errs[1] > errs[2]
+    assert -slope > MIN_ORDER[name]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_data):
+    from ecdp.testing import tiny_config
+    from ecdp.model import ECDP
+
+    torch.manual_seed(0)
+    return ECDP(tiny_config(tiny_data), sigma2=0.01, scale=4).eval()
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_through_ecdp_super_resolve(tiny_model, name):
+    """The registered names work as ``sampler`` options of a model."""
+    lr = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    sr, stats = tiny_model.super_resolve(lr, generator=torch.Generator().manual_seed(0), name=name, steps=1)
+    assert sr.shape == (1, 3, 16, 16) and stats["nfe"] == NFE_PER_STEP[name]
+
+
+def test_fast_sampler_differentiates_directly(tiny_model):
+    """Direct backprop through a fixed-step sampler (e.g. a cheap eq. 19 quality loss)."""
+    lr = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    mu, cond = tiny_model.mu(lr), tiny_model.encoder(lr).detach()
+    x, _ = tiny_model.sample(mu, cond, {"name": "dpmpp_2m", "steps": 2}, generator=torch.Generator().manual_seed(0),
+                             train=True)
+    x.mean().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in tiny_model.unet.parameters())

@@ -1,0 +1,107 @@
+"""ecdp.timing (time_sampler, `ecdp time`, sampler_study) and ecdp.report.benchmarks."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from ecdp import checkpoint as ckpt
+from ecdp.cli import main
+from ecdp.model import ECDP
+from ecdp.timing import photo_lr, sampler_study, time_sampler
+
+from ecdp.testing import tiny_config
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tiny_data, tmp_path_factory):
+    """An untrained tiny ECDP saved as a final checkpoint (timing plumbing only)."""
+    cfg = tiny_config(tiny_data)
+    torch.manual_seed(0)
+    model = ECDP(cfg, sigma2=0.01, scale=4)
+    path = tmp_path_factory.mktemp("ck") / "final.pt"
+    ckpt.save({"format": ckpt.FORMAT, "config": cfg, "meta": {"scale": 4, "sigma2": 0.01},
+               "model": model.state_dict()}, path)
+    return path
+
+
+def test_time_sampler(tiny_ckpt):
+    model, _ = ckpt.load_method(tiny_ckpt)
+    lr = photo_lr(4)
+    assert lr.shape == (3, 4, 4)
+    res = time_sampler(model, lr, {"name": "dpmpp_2m", "steps": 3}, repeats=2, warmup=1)
+    assert res["nfe"] == 3 and res["nfe_runs"] == [3, 3]
+    assert res["sampler"] == "dpmpp_2m-3" and res["method"] == "ecdp"
+    assert len(res["seconds_runs"]) == 2 and res["seconds_per_image"] > 0
+    assert res["hr_size"] == "16x16" and res["lr_size"] == "4x4" and res["scale"] == 4
+    assert model.training is False
+    with pytest.raises(ValueError):
+        time_sampler(model, lr, {}, repeats=0)
+
+
+def test_time_cli(tiny_ckpt, tmp_path, capsys):
+    out = tmp_path / "t" / "ecdp.csv"
+    rc = main(["time", "--checkpoint", str(tiny_ckpt), "--size", "4", "--repeats", "1", "--warmup", "0",
+               "--sampler", '{"name": "rk4", "steps": 1}', "--out", str(out), "--device", "cpu"])
+    assert rc == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 1
+    r = rows[0]
+    assert r["method"] == "ecdp" and r["sampler"] == "rk4-1" and r["nfe"] == "4" and r["hr_size"] == "16x16"
+    assert float(r["seconds_per_image"]) > 0 and r["git_commit"] and r["device"].startswith("cpu")
+    assert main(["time", "--checkpoint", str(tiny_ckpt), "--sampler", "{bad"]) == 2
+    assert main(["time", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_sampler_study(tiny_ckpt, tiny_data):
+    df = sampler_study(tiny_ckpt, tiny_data / "tiny4x", [{"name": "dpmpp_2m", "steps": 2}, {"name": "rk4", "steps": 1}],
+                       limit=1, lr_crop=8, device="cpu")
+    assert list(df["sampler"]) == ["dpmpp_2m-2", "rk4-1"]
+    assert list(df["nfe"]) == [2, 4] and (df["n_images"] == 1).all()
+    assert df[["lpips", "psnr", "ssim", "seconds_per_image"]].notna().all().all()
+
+
+def _bench(name, group, median, **extra):
+    return {"group": group, "name": name, "fullname": name, "params": None,
+            "stats": {"median": median, "mean": median, "stddev": 0.0, "min": median, "rounds": 3},
+            "extra_info": {"images": 1, "torch_threads": 2, **extra}}
+
+
+def test_benchmark_tables(tmp_path):
+    from ecdp.report.benchmarks import benchmark_tables, main as report_main
+
+    data = {"machine_info": {"cpu": {"brand_raw": "Test CPU", "count": 2}, "python_version": "3.11"},
+            "commit_info": {"id": "abcdef1234567890", "dirty": True}, "datetime": "now", "version": "5",
+            "benchmarks": [
+                _bench("ecdp", "sampling", 2.0, method="ECDP", sampler="dopri5-1e-4", nfe=50, reference=True),
+                _bench("srdiff", "sampling", 4.0, method="SRDiff", sampler="ancestral-100", nfe=100),
+                _bench("sr3", "sampling", 0.5, method="SR3", sampler="ancestral-2000", nfe=2000, measured_nfe=20,
+                       extrapolated=True, timed_steps=20, full_steps=2000, extrapolation="x100"),
+                _bench("s", "training-step", 1.0, method="ECDP", step="score", images=2, reference=True),
+                _bench("q", "training-step", 5.0, method="ECDP", step="score+quality", images=2),
+                *[_bench(f"m{m}{s}", "quality-memory", 1.0, mode=m, steps=s, nfe=4 * s,
+                         peak_saved_bytes=(2**20 if m == "adjoint" else s * 2**20)) for m in ("adjoint", "direct")
+                  for s in (4, 8)],
+            ]}
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(data))
+    out = tmp_path / "results" / "benchmarks"
+    written = benchmark_tables(path, out)
+    assert {p.name for p in written} >= {"sampling.csv", "sampling.md", "training_step.csv", "quality_memory.md"}
+    rows = {r["method"]: r for r in csv.DictReader((out / "sampling.csv").open())}
+    assert float(rows["SR3"]["seconds_per_image"]) == pytest.approx(50.0)       # 0.5 s x 2000/20
+    assert float(rows["SR3"]["time_vs_ecdp"]) == pytest.approx(25.0)
+    assert float(rows["SRDiff"]["time_vs_ecdp"]) == pytest.approx(2.0)
+    assert float(rows["SRDiff"]["nfe_vs_ecdp"]) == pytest.approx(2.0)
+    assert "extrapolated" in rows["SR3"]["timing"]
+    md = (out / "sampling.md").read_text()
+    assert "Test CPU" in md and "abcdef123456-dirty" in md
+    ts = list(csv.DictReader((out / "training_step.csv").open()))
+    assert float(ts[1]["time_vs_score_step"]) == pytest.approx(5.0)
+    qm = list(csv.DictReader((out / "quality_memory.csv").open()))
+    assert [float(r["memory_vs_fewest_steps"]) for r in qm] == [1.0, 1.0, 1.0, 2.0]
+    assert report_main([str(path), str(tmp_path / "o2")]) == 0
+    assert report_main([str(tmp_path / "missing.json"), str(tmp_path / "o3")]) == 2

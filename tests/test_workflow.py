@@ -1,0 +1,332 @@
+"""The Snakemake workflow: dry runs of both configs list the jobs of every table, the
+config schema rejects bad configs, one cell can be asked for alone, and (slow) a tiny
+grid runs end to end, survives being killed, and resumes without redoing finished jobs."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SNAKEFILE = ROOT / "Snakefile"
+TABLES = ("table1", "table2", "table3", "table4", "table5", "table7", "protocol")
+
+pytestmark = pytest.mark.skipif(shutil.which("snakemake") is None, reason="snakemake is not installed")
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = ["snakemake", "-s", str(SNAKEFILE), "-d", str(workdir), *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=workdir)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}")
+    return res
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run: rule -> count."""
+    counts, on = {}, False
+    for line in output.splitlines():
+        if line.startswith("job") and "count" in line:
+            on = True
+            continue
+        if on:
+            m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+            if m:
+                counts[m.group(1)] = int(m.group(2))
+            elif line.strip().startswith("total"):
+                break
+    return counts
+
+
+def dry_run(workdir: Path, *args: str) -> tuple[str, dict[str, int]]:
+    res = snakemake(workdir, "-n", "--cores", "2", *args)
+    out = res.stdout + res.stderr
+    return out, job_counts(out)
+
+
+# --------------------------------------------------------------------------- dry runs
+
+def test_dry_run_default_lists_every_table(tmp_path):
+    out, counts = dry_run(tmp_path)
+    assert counts["prepare_embedded"] == 1 and counts["fetch_weights"] == 1
+    # 22 cells, 21 training jobs: the ode-tolerance row shares the training of ECDP (c = 1.0)
+    assert counts["train"] == 21 and counts["evaluate"] == 22
+    assert counts["time_table3"] == 1 and counts["sampler_study"] == 1 and counts["aggregate"] == 1
+    cell = "results/runs/embedded-{}/{}/seed0/metrics.csv"
+    for ds, variant in [("div2k", "ecdp-hybrid-c1.0"), ("div2k", "sr3"), ("div2k", "srdiff"),           # Table 1
+                        ("imagenet", "ecdp-hybrid-c1.0"), ("imagenet", "sr3"), ("imagenet", "srdiff"),  # Table 2
+                        ("celeba", "ecdp-hybrid-c1.0"), ("celeba", "sr3"), ("celeba", "srdiff"),        # Table 4
+                        ("div2k", "ecdp-hybrid-c0.5"), ("div2k", "ecdp-hybrid-c1.5"), ("div2k", "ecdp-eps"),
+                        ("div2k", "ecdp-x0"), ("div2k", "ecdp-hybrid-c1.0-noquality"),                  # Table 5
+                        ("div2k", "sr3pp"), ("div2k", "srdiffpp"), ("div2k", "ecdp-noprobflow"),        # Table 7
+                        ("div2k", "ecdp-official"), ("div2k", "ecdp-paper-but-ode_tolerance"),          # protocol
+                        ("div2k", "ecdp-paper-but-sigma"), ("div2k", "ecdp-paper-but-mu_kernel"),
+                        ("div2k", "ecdp-paper-but-quality_stage")]:
+        assert cell.format(ds, variant) in out, (ds, variant)
+    for t in TABLES:
+        for ext in ("csv", "tex", "md"):
+            assert f"results/tables/{t}.{ext}" in out
+    for target in ("results/timing/embedded-imagenet/ecdp-hybrid-c1.0.csv", "results/timing/embedded-imagenet/sr3.csv",
+                   "results/timing/embedded-imagenet/srdiff.csv",
+                   "results/samplers/embedded-div2k/ecdp-hybrid-c1.0/seed0.csv",
+                   "results/README.md", "results/run_metadata.json", "results/figures"):
+        assert target in out
+    assert "ecdp-paper-but-ode_tolerance/seed0/train/final.pt" not in out
+    assert "--device cpu" in out and "gpu=" not in out
+
+
+def test_dry_run_paper_config(tmp_path):
+    out, counts = dry_run(tmp_path, "--configfile", str(ROOT / "config" / "paper.yaml"))
+    assert counts["prepare_dataset"] == 3 and "prepare_embedded" not in counts
+    # + the CelebA U-Net blocks row, which runs on CelebA in the paper profile
+    assert counts["train"] == 22 and counts["evaluate"] == 23
+    assert counts["time_table3"] == 1 and counts["sampler_study"] == 1 and counts["aggregate"] == 1
+    for target in ("results/runs/div2k/ecdp-hybrid-c1.0/seed0/metrics.csv",
+                   "results/runs/imagenet/ecdp-hybrid-c1.0/seed0/metrics.csv",
+                   "results/runs/celeba/ecdp-paper-but-celeba_blocks/seed0/metrics.csv",
+                   "results/runs/celeba/sr3/seed0/metrics.csv", "results/runs/div2k/srdiffpp/seed0/metrics.csv",
+                   "results/timing/imagenet/sr3.csv", "data/div2k/.complete", "data/imagenet/.complete"):
+        assert target in out, target
+    assert "gpu=1" in out and "--device cuda" in out
+    assert "embedded" not in out.replace("embedded-", "")  # nothing of the default config leaks in
+    for t in TABLES:
+        assert f"results/tables/{t}.tex" in out
+
+
+def test_dry_run_one_cell(tmp_path):
+    out, counts = dry_run(tmp_path, "results/runs/embedded-div2k/ecdp-hybrid-c1.0/seed0/metrics.csv")
+    counts.pop("total", None)
+    assert counts == {"evaluate": 1, "fetch_weights": 1, "prepare_embedded": 1, "train": 1}
+    # a cell that shares its training: the job of the owning cell is the one that runs
+    out, counts = dry_run(tmp_path, "results/runs/embedded-div2k/ecdp-paper-but-ode_tolerance/seed0/metrics.csv")
+    assert counts["train"] == 1 and "ecdp-hybrid-c1.0/seed0/train/final.pt" in out
+    assert '"atol": 0.001' in out
+
+
+def test_cell_not_in_grid_fails_clearly(tmp_path):
+    res = snakemake(tmp_path, "-n", "--cores", "1", "results/runs/embedded-div2k/no-such-variant/seed0/metrics.csv",
+                    check=False)
+    assert res.returncode != 0
+    assert "not a cell of the embedded grid" in res.stdout + res.stderr
+
+
+def _write(tmp_path: Path, cfg: dict) -> Path:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda c: c.update(seeds="zero"), "'zero' is not of type 'array'"),
+    (lambda c: c.pop("studies"), "'studies' is a required property"),
+    (lambda c: c["studies"]["table1"].update(variants="ecdp"), "is not of type 'array'"),
+    (lambda c: c.update(device="gpu"), "does not match"),
+    (lambda c: c.update(unknown_key=1), "Additional properties are not allowed"),
+])
+def test_invalid_config_fails_with_schema_message(tmp_path, mutate, message):
+    cfg = yaml.safe_load((ROOT / "config" / "default.yaml").read_text())
+    mutate(cfg)
+    res = snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(_write(tmp_path, cfg)), check=False)
+    assert res.returncode != 0
+    assert message in res.stdout + res.stderr
+
+
+def test_config_referring_to_unknown_variant_fails(tmp_path):
+    cfg = yaml.safe_load((ROOT / "config" / "default.yaml").read_text())
+    cfg["studies"]["table5"]["variants"].append("ecdp-typo")
+    res = snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(_write(tmp_path, cfg)), check=False)
+    assert res.returncode != 0 and "variant 'ecdp-typo' is not defined" in res.stdout + res.stderr
+
+
+def test_configs_validate_against_schema():
+    import jsonschema
+
+    schema = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
+    for name in ("default", "paper", "test"):
+        jsonschema.validate(yaml.safe_load((ROOT / "config" / f"{name}.yaml").read_text()), schema)
+
+
+def test_conda_env_matches_environment_yml():
+    def deps(path):
+        env = yaml.safe_load(path.read_text())
+        out = set()
+        for d in env["dependencies"]:
+            if isinstance(d, dict):
+                out |= {p for p in d["pip"] if not p.startswith("-e")}
+            else:
+                out.add(d)
+        return out
+
+    top, job = deps(ROOT / "environment.yml"), deps(ROOT / "workflow" / "envs" / "ecdp.yaml")
+    assert job <= top
+    assert top - job <= {"snakemake>=8", "snakemake-executor-plugin-slurm", "pytest", "pytest-benchmark"}
+    for rule_file in (ROOT / "workflow" / "rules").glob("*.smk"):
+        text = rule_file.read_text()
+        if "shell:" in text or "script:" in text:
+            assert "conda:" in text, rule_file.name
+
+
+def test_profiles_parse():
+    for name in ("local", "slurm"):
+        cfg = yaml.safe_load((ROOT / "workflow" / "profiles" / name / "config.yaml").read_text())
+        assert cfg["rerun-incomplete"] is True
+    assert yaml.safe_load((ROOT / "workflow" / "profiles" / "slurm" / "config.yaml").read_text())["executor"] == "slurm"
+    assert yaml.safe_load((ROOT / "profiles" / "default" / "config.yaml").read_text())["rerun-incomplete"] is True
+
+
+# --------------------------------------------------------------------------- a real run (slow)
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    from ecdp import weights as W
+
+    folder = tmp_path_factory.mktemp("weights")
+    cache = Path(os.environ.get("ECDP_WEIGHTS_DIR") or W.DEFAULT_DIR).expanduser()
+    if (cache / "manifest.json").exists():
+        shutil.copytree(cache, folder, dirs_exist_ok=True)
+    try:
+        W.fetch(folder, offline=True, log=lambda *a: None)
+    except W.DownloadUnavailable as e:
+        pytest.skip(f"no LPIPS weights offline: {e}")
+    return folder
+
+
+def _wait_for(log: Path, pattern: str, proc: subprocess.Popen, timeout: float) -> bool:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if log.exists() and re.search(pattern, log.read_text()):
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.5)
+    return False
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, weights):
+    """The test grid (config/test.yaml), interrupted after its first finished training
+    job and started again; returns (workdir, info)."""
+    work = tmp_path_factory.mktemp("workflow")
+    cfg = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
+    cfg["weights"] = {"dir": str(weights), "offline": True}
+    config = work / "test.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    args = ["snakemake", "-s", str(SNAKEFILE), "-d", str(work), "--configfile", str(config), "--cores", "2"]
+    log = work / "first.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, cwd=work, start_new_session=True)
+    try:
+        finished = _wait_for(log, r"Finished jobid: \d+ \(Rule: train\)", proc, 900)
+        assert finished, log.read_text()[-3000:]
+        done = sorted(glob.glob(str(work / "results/runs/*/*/seed0/train/final.pt")))
+        mtimes = {p: os.stat(p).st_mtime_ns for p in done}
+        # Ctrl-C: Snakemake stops its jobs, removes their incomplete outputs and its lock
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    killed_log = log.read_text()
+    finished_first = re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", killed_log)
+    second = subprocess.run(args, capture_output=True, text=True, cwd=work, timeout=1500)
+    assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
+    return work, {"mtimes": mtimes, "first": killed_log, "second": second.stdout + second.stderr,
+                  "finished_first": finished_first, "config": config, "args": args}
+
+
+@pytest.mark.slow
+def test_end_to_end_tables_figures_metadata(tiny_run):
+    work, info = tiny_run
+    results = work / "results"
+    for t in TABLES:
+        for ext in ("csv", "tex", "md"):
+            assert (results / "tables" / f"{t}.{ext}").stat().st_size > 0, (t, ext)
+    t1 = pd.read_csv(results / "tables" / "table1.csv")
+    ecdp = t1[t1["method"] == "ECDP"].iloc[0]
+    assert 0 < ecdp["ours_lpips"] < 2 and ecdp["ours_psnr"] > 0 and ecdp["paper_lpips"] == pytest.approx(0.108)
+    srdiff = t1[t1["method"] == "SRDiff"].iloc[0]
+    assert pd.isna(srdiff["ours_lpips"]) and srdiff["note"] == "not in this profile"
+    assert "test (pipeline check" in (results / "tables" / "table1.md").read_text()
+    for fig in ("figure8.png", "lpips_vs_seconds.png", "lpips_vs_nfe.png", "grid_embedded-div2k.png"):
+        assert (results / "figures" / fig).stat().st_size > 0, fig
+    meta = json.loads((results / "run_metadata.json").read_text())
+    assert meta["profile"] == "test" and meta["wall_time_s"] > 0 and meta["benchmarks"]["jobs"] >= 8
+    assert all(c["seeds_done"] == 1 for c in meta["cells"])
+    assert "tables/table5.md" in (results / "README.md").read_text()
+    # the shared cell was evaluated with its own sampler on the owner's checkpoint, never trained
+    shared = results / "runs/embedded-div2k/ecdp-paper-but-ode_tolerance/seed0"
+    assert (shared / "metrics.csv").exists() and not (shared / "train").exists()
+    ev = yaml.safe_load((shared / "eval.yaml").read_text())
+    assert ev["trained_as"] == "ecdp-hybrid-c1.0" and ev["sampler"]["atol"] == 1e-3
+    assert "ecdp-hybrid-c1.0/seed0/train/final.pt" in json.loads((shared / "summary.json").read_text())["checkpoint"]
+    assert (results / "runs/embedded-div2k/ecdp-hybrid-c1.0/seed0/train/val.jsonl").exists()
+    assert (results / "runs/embedded-div2k/ecdp-hybrid-c1.0/seed0/run.yaml").exists()
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_without_redoing_finished_jobs(tiny_run):
+    work, info = tiny_run
+    assert info["mtimes"], "no training job had finished before the interrupt"
+    for path, mtime in info["mtimes"].items():
+        assert os.stat(path).st_mtime_ns == mtime, f"{path} was recomputed"
+    # the second run did not run the jobs the first one finished
+    for path in info["mtimes"]:
+        rel = Path(path).relative_to(work)
+        assert f"output: {rel}" not in info["second"], f"{rel} was trained again"
+    assert "Rule: aggregate)" in info["second"]
+    # nothing half-written anywhere
+    assert not list((work / "results").rglob("*.part"))
+    for csv in (work / "results").rglob("metrics.csv"):
+        assert len(pd.read_csv(csv)) == 1
+    from ecdp.checkpoint import load_method
+
+    for ck in (work / "results").rglob("final.pt"):
+        load_method(ck)
+    # and a third start has nothing left to do
+    res = subprocess.run(info["args"] + ["-n"], capture_output=True, text=True, cwd=work, timeout=300)
+    assert "Nothing to be done" in res.stdout + res.stderr
+
+
+@pytest.mark.slow
+def test_until_train_then_full_run_reuses_training(tiny_run, tmp_path):
+    """`--until train` stops after training; the next full run only evaluates."""
+    work, info = tiny_run
+    out = tmp_path / "results"
+    base = yaml.safe_load(info["config"].read_text())
+    base["results"] = str(out)
+    base["studies"] = {"table1": {"dataset": "div2k", "variants": ["sr3"]}}
+    base["data_root"] = str(work / "data")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(base))
+    args = ["snakemake", "-s", str(SNAKEFILE), "-d", str(tmp_path), "--configfile", str(cfg), "--cores", "2"]
+    first = subprocess.run(args + ["--until", "train"], capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    final = out / "runs/embedded-div2k/sr3/seed0/train/final.pt"
+    mtime = final.stat().st_mtime_ns
+    assert not (out / "runs/embedded-div2k/sr3/seed0/metrics.csv").exists()
+    second = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert final.stat().st_mtime_ns == mtime
+    assert "Rule: train)" not in second.stdout + second.stderr
+    assert (out / "runs/embedded-div2k/sr3/seed0/metrics.csv").exists()
+
+
+@pytest.mark.slow
+def test_snakemake_report(tiny_run):
+    work, info = tiny_run
+    res = subprocess.run(info["args"] + ["--report", str(work / "report.html")], capture_output=True, text=True,
+                         cwd=work, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    html = (work / "report.html").read_text(errors="replace")
+    assert "table1" in html and "figure8" in html

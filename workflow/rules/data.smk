@@ -1,0 +1,55 @@
+# Stage 1: prepared datasets (ecdp data prepare), the layout of ecdp/data/paired.py.
+# A dataset is ready when DATA/<name>/.complete exists (written last by `prepare`).
+
+PREPARE = {d["name"]: d for d in config["datasets"].values()}
+
+
+rule prepare_embedded:
+    """The offline stand-ins (embedded-div2k, -imagenet, -celeba) from pip-wheel photos, sha256-verified."""
+    output:
+        [f"{DATA}/{name}/.complete" for name in ("embedded-div2k", "embedded-imagenet", "embedded-celeba")],
+    log:
+        f"{RESULTS}/logs/data/embedded.log",
+    benchmark:
+        f"{RESULTS}/logs/benchmarks/prepare/embedded.tsv"
+    threads: threads_for("prepare")
+    resources:
+        **resources_for("prepare", False),
+    conda:
+        ENV
+    params:
+        ecdp=ECDP,
+        root=DATA,
+    shell:
+        "{params.ecdp} data prepare embedded --root {params.root} --workers {threads} --no-progress > {log} 2>&1"
+
+
+rule prepare_dataset:
+    """One registry dataset (div2k, imagenet, celeba, ...): download, verify, extract, degrade."""
+    output:
+        f"{DATA}/{{dataset}}/.complete",
+    wildcard_constraints:
+        dataset="(?!embedded-)[A-Za-z0-9_.-]+",
+    log:
+        f"{RESULTS}/logs/data/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/logs/benchmarks/prepare/{{dataset}}.tsv"
+    threads: threads_for("prepare")
+    resources:
+        **resources_for("prepare", False),
+    conda:
+        ENV
+    params:
+        ecdp=ECDP,
+        root=DATA,
+        cmd=lambda wc: (
+            f"data prepare {shlex.quote(PREPARE[wc.dataset]['prepare'])} {PREPARE[wc.dataset].get('prepare_args', '')}"
+            if PREPARE.get(wc.dataset, {}).get("prepare") else ""),
+    shell:
+        """
+        if [ -z "{params.cmd}" ]; then
+            echo "dataset {wildcards.dataset} has no 'prepare' entry in the config: prepare it into {params.root}/{wildcards.dataset} yourself" | tee {log} >&2
+            exit 1
+        fi
+        {params.ecdp} {params.cmd} --root {params.root} --workers {threads} --no-progress > {log} 2>&1
+        """

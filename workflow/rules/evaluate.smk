@@ -1,0 +1,70 @@
+# Stage 4: evaluation, one job per cell and seed: `ecdp evaluate` on the cell's test
+# set with the checkpoint of its training job and its own test-time sampler.
+# Resumable per image (RUN/progress.jsonl); metrics.csv / summary.* are written last.
+
+
+def eval_inputs(wildcards):
+    try:
+        cell = GRID.cell(wildcards.dataset, wildcards.variant)
+    except KeyError as e:
+        raise WorkflowError(str(e))
+    return {"model": GRID.checkpoint(RESULTS, cell, int(wildcards.seed)),
+            "data": f"{DATA}/{cell.dataset}/.complete", "weights": WEIGHTS_OK}
+
+
+def eval_settings(wildcards):
+    cell = GRID.cell(wildcards.dataset, wildcards.variant)
+    ev = config["evaluation"]
+    limit = PREPARE[cell.dataset].get("eval_limit", ev.get("limit"))
+    settings = {"dataset": cell.dataset, "variant": cell.variant, "method": cell.method,
+                "trained_as": cell.trained_as, "studies": cell.studies, "seed": int(wildcards.seed),
+                "sampler": cell.eval_sampler, "limit": limit, "convention": ev["convention"],
+                "lpips_net": ev["lpips_net"], "split": ev["split"], "profile": GRID.profile}
+    if cell.shares_training:
+        settings["run_config"] = cell.run_config(int(wildcards.seed))
+    return settings
+
+
+rule evaluate:
+    """`ecdp evaluate`: SR images, per-image metrics.csv, summary.json / summary.csv."""
+    input:
+        unpack(eval_inputs),
+    output:
+        metrics=f"{RESULTS}/runs/{{dataset}}/{{variant}}/seed{{seed}}/metrics.csv",
+        summary=f"{RESULTS}/runs/{{dataset}}/{{variant}}/seed{{seed}}/summary.json",
+        row=f"{RESULTS}/runs/{{dataset}}/{{variant}}/seed{{seed}}/summary.csv",
+        settings=f"{RESULTS}/runs/{{dataset}}/{{variant}}/seed{{seed}}/eval.yaml",
+    log:
+        f"{RESULTS}/logs/evaluate/{{dataset}}/{{variant}}/seed{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/logs/benchmarks/evaluate/{{dataset}}/{{variant}}/seed{{seed}}.tsv"
+    threads: threads_for("evaluate")
+    resources:
+        **resources_for("evaluate", True),
+    conda:
+        ENV
+    params:
+        ecdp=ECDP,
+        env=WEIGHTS_ENV,
+        device=DEVICE,
+        settings=lambda wc: shlex.quote(json.dumps(eval_settings(wc), sort_keys=True)),
+        data=lambda wc: f"{DATA}/{wc.dataset}",
+        out=lambda wc, output: str(Path(output.metrics).parent),
+        sampler=lambda wc: shlex.quote(json.dumps(eval_settings(wc)["sampler"])),
+        limit=lambda wc: f"--limit {eval_settings(wc)['limit']}" if eval_settings(wc)["limit"] else "",
+        convention=config["evaluation"]["convention"],
+        lpips_net=config["evaluation"]["lpips_net"],
+        split=config["evaluation"]["split"],
+        crops=config["evaluation"]["crops"],
+        crop_size=config["evaluation"]["crop_size"],
+        profile=GRID.profile,
+    shell:
+        """
+        printf '%s\\n' {params.settings} > {output.settings}
+        OMP_NUM_THREADS={threads} {params.env}{params.ecdp} evaluate --checkpoint {input.model} \
+            --data {params.data} --split {params.split} {params.limit} --sampler {params.sampler} \
+            --seed {wildcards.seed} --out {params.out} --convention {params.convention} \
+            --lpips-net {params.lpips_net} --device {params.device} --threads {threads} \
+            --variant {wildcards.variant} --profile {params.profile} --crops {params.crops} \
+            --crop-size {params.crop_size} --no-progress > {log} 2>&1
+        """

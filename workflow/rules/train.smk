@@ -1,0 +1,59 @@
+# Stage 3: training, one job per *distinct* training config.  Cells whose run configs
+# differ only in what does not change the weights (test-time sampler, validation,
+# logging) share the job of the first such cell (ecdp/report/grid.py: trained_as); the
+# training rule refuses the other cells.  The run config (base + overrides, resolved)
+# is written to RUN/run.yaml; `ecdp train --resume` continues a killed job from its
+# last atomic checkpoint (Snakemake reruns the incomplete job, the trainer resumes).
+
+
+def run_config_json(wildcards):
+    """The cell's resolved run config as one shell-quoted JSON line (YAML is a JSON superset)."""
+    try:
+        cell = GRID.cell(wildcards.dataset, wildcards.variant)
+    except KeyError as e:
+        raise WorkflowError(str(e))
+    if cell.shares_training:
+        raise WorkflowError(f"{wildcards.dataset}/{wildcards.variant} shares the training job of "
+                            f"{cell.trained_as}; ask for {RESULTS}/runs/{cell.dataset}/{cell.trained_as}/"
+                            f"seed{wildcards.seed}/train/final.pt instead")
+    if int(wildcards.seed) not in SEEDS:
+        raise WorkflowError(f"seed {wildcards.seed} is not in the config's seeds {SEEDS}")
+    return shlex.quote(json.dumps(cell.run_config(int(wildcards.seed)), sort_keys=True))
+
+
+def training_inputs(wildcards):
+    cell = GRID.cell(wildcards.dataset, wildcards.variant)
+    out = {"data": f"{DATA}/{cell.dataset}/.complete", "weights": WEIGHTS_OK}
+    return out
+
+
+rule train:
+    """`ecdp train` on one cell's run config (resumable)."""
+    input:
+        unpack(training_inputs),
+    output:
+        model=f"{RESULTS}/runs/{{dataset}}/{{variant}}/seed{{seed}}/train/final.pt",
+        config=f"{RESULTS}/runs/{{dataset}}/{{variant}}/seed{{seed}}/run.yaml",
+    log:
+        f"{RESULTS}/logs/train/{{dataset}}/{{variant}}/seed{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/logs/benchmarks/train/{{dataset}}/{{variant}}/seed{{seed}}.tsv"
+    threads: threads_for("train")
+    resources:
+        **resources_for("train", True),
+    conda:
+        ENV
+    params:
+        ecdp=ECDP,
+        env=WEIGHTS_ENV,
+        device=DEVICE,
+        cfg=run_config_json,
+        out=lambda wc, output: str(Path(output.model).parent),
+        pypath=f"PYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}}",
+    shell:
+        """
+        printf '%s\\n' {params.cfg} > {output.config}
+        {params.pypath} python -m ecdp.report.grid clean-stale {output.config} {params.out} > {log} 2>&1
+        OMP_NUM_THREADS={threads} {params.env}{params.ecdp} train --config {output.config} --out {params.out} \
+            --resume --device {params.device} >> {log} 2>&1
+        """

@@ -1,0 +1,23 @@
+# Stage 2: pretrained LPIPS (AlexNet) and quality-loss (VGG) weights, online or offline
+# (ecdp weights fetch; idempotent, sha256-verified).  The flag file records that the
+# weights folder was filled for this results folder.
+
+WEIGHTS_OK = f"{RESULTS}/logs/weights.ok"
+
+
+rule fetch_weights:
+    """LPIPS v0.1 and VGG backbone weights into $ECDP_WEIGHTS_DIR (config weights.dir)."""
+    output:
+        touch(WEIGHTS_OK),
+    log:
+        f"{RESULTS}/logs/weights.log",
+    benchmark:
+        f"{RESULTS}/logs/benchmarks/weights/fetch.tsv"
+    conda:
+        ENV
+    params:
+        ecdp=ECDP,
+        env=WEIGHTS_ENV,
+        offline="--offline" if config["weights"].get("offline") else "",
+    shell:
+        "{params.env}{params.ecdp} weights fetch {params.offline} > {log} 2>&1"
