@@ -50,10 +50,15 @@ DEVICE = config["device"]
 RES = config["resources"]
 ENV = "../envs/ecdp.yaml"  # relative to workflow/rules/
 
-# every `ecdp` call: the repository's package, whatever python the (conda) env has
-ECDP = f"PYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}} python -m ecdp.cli"
-WEIGHTS_ENV = f"ECDP_WEIGHTS_DIR={shlex.quote(os.path.expanduser(config['weights']['dir']))} " \
-    if config["weights"].get("dir") else ""
+# Every job runs `python -m ecdp.cli ...` with the repository's package on PYTHONPATH
+# (whatever python the job's (conda) env has) and the weights folder of the config in
+# $ECDP_WEIGHTS_DIR.  Both are set here, in the environment that jobs (and SLURM jobs,
+# which re-read this file) inherit, so no absolute path is part of a job's parameters:
+# moving the checkout does not make Snakemake rerun anything.
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+if config["weights"].get("dir"):
+    os.environ["ECDP_WEIGHTS_DIR"] = os.path.abspath(os.path.expanduser(config["weights"]["dir"]))
+ECDP = "python -m ecdp.cli"
 
 
 def threads_for(rule):

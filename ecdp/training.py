@@ -92,6 +92,7 @@ class Trainer:
         self.stage_index = 0
         self.step_in_stage = 0
         self._last_ema: EMA | None = None
+        self.quality_info: dict | None = None  # feature network of the quality loss, once used
 
     # --- state -------------------------------------------------------------------
     def state(self, opt, ema) -> dict:
@@ -103,8 +104,14 @@ class Trainer:
     def final(self, ema) -> dict:
         return {"format": ckpt.FORMAT, "config": self.cfg, "meta": self.meta,
                 "model": ema.shadow if ema else self.method.state_dict(),
-                "provenance": record(self.cfg.get("seed"), self.device, global_step=self.global_step,
-                                     parameters=count_params(self.method))}
+                "provenance": self.provenance(global_step=self.global_step, parameters=count_params(self.method))}
+
+    def provenance(self, **extra) -> dict:
+        """Seed, commit, device, versions (:func:`ecdp.provenance.record`), plus the
+        feature network the image-quality loss used, once a quality stage has run."""
+        if self.quality_info:
+            extra["quality_loss"] = self.quality_info
+        return record(self.cfg.get("seed"), self.device, **extra)
 
     # --- loop --------------------------------------------------------------------
     def run(self, resume: bool = False) -> Path:
@@ -124,7 +131,7 @@ class Trainer:
         elif ck_path.exists() and not resume:
             raise FileExistsError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
         (self.out / "config.yaml").write_text(yaml.safe_dump(self.cfg, sort_keys=False))
-        (self.out / "provenance.json").write_text(json.dumps(record(self.cfg.get("seed"), self.device), indent=2))
+        (self.out / "provenance.json").write_text(json.dumps(self.provenance(), indent=2))
         seed = int(self.cfg.get("seed", 0))
         tcfg = self.cfg["train"]
         total = sum(s["steps"] for s in self.stages)
@@ -141,10 +148,16 @@ class Trainer:
         bar.close()
         final = self.out / "final.pt"
         ckpt.save(self.final(ema), final)
+        if self.quality_info:  # which feature network the quality loss used
+            (self.out / "provenance.json").write_text(json.dumps(self.provenance(), indent=2))
         return final
 
     def _run_stage(self, stage: dict, seed: int, tcfg: dict, log, bar, resumed: dict | None):
         self.method.set_stage(stage)
+        quality = getattr(self.method, "_quality", None)
+        if stage["kind"] == "quality" and quality:
+            self.quality_info = {"stage": stage["name"], **quality[0].info}
+            log.write(json.dumps({"event": "quality_loss", "step": self.global_step, **self.quality_info}) + "\n")
         self.method.train()
         if stage["kind"] == "quality" and self.cfg.get("quality", {}).get("init_from_ema") \
                 and self.step_in_stage == 0 and self._last_ema is not None:

@@ -1,4 +1,6 @@
 """Training loop: a killed run resumed with --resume reaches bit-identical weights."""
+import json
+
 import pytest
 import torch
 
@@ -60,3 +62,8 @@ def test_quality_stage_changes_weights_and_logs(tiny_data, tmp_path):
     log = (tmp_path / "q" / "log.jsonl").read_text().splitlines()
     assert any('"quality"' in line for line in log)
     assert (tmp_path / "q" / "config.yaml").exists()
+    # the run records which feature network the quality loss used (log, final.pt, provenance.json)
+    events = [json.loads(line) for line in log if '"event"' in line]
+    assert [e["feature_net"] for e in events if e["event"] == "quality_loss"] == ["tiny-random"]
+    assert final["provenance"]["quality_loss"]["feature_net"] == "tiny-random"
+    assert json.loads((tmp_path / "q" / "provenance.json").read_text())["quality_loss"]["pretrained"] is False

@@ -202,6 +202,18 @@ def weights(tmp_path_factory) -> Path:
     return folder
 
 
+def finished_outputs(log: str, rule: str) -> list[str]:
+    """Outputs of the jobs of ``rule`` that a Snakemake log reports as finished."""
+    outputs, jobs = {}, re.split(r"\n(?=\[\w{3} \w{3} )", log)
+    for block in jobs:
+        m_rule = re.search(rf"^\s*(?:local)?rule {rule}:", block, re.M)
+        m_id, m_out = re.search(r"jobid: (\d+)", block), re.search(r"output: (.+)", block)
+        if m_rule and m_id and m_out:
+            outputs[m_id.group(1)] = [o.strip() for o in m_out.group(1).split(",")]
+    finished = re.findall(rf"Finished jobid: (\d+) \(Rule: {rule}\)", log)
+    return [o for j in finished for o in outputs.get(j, [])]
+
+
 def _wait_for(log: Path, pattern: str, proc: subprocess.Popen, timeout: float) -> bool:
     t0 = time.time()
     while time.time() - t0 < timeout:
@@ -229,8 +241,6 @@ def tiny_run(tmp_path_factory, weights):
     try:
         finished = _wait_for(log, r"Finished jobid: \d+ \(Rule: train\)", proc, 900)
         assert finished, log.read_text()[-3000:]
-        done = sorted(glob.glob(str(work / "results/runs/*/*/seed0/train/final.pt")))
-        mtimes = {p: os.stat(p).st_mtime_ns for p in done}
         # Ctrl-C: Snakemake stops its jobs, removes their incomplete outputs and its lock
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(timeout=120)
@@ -238,6 +248,10 @@ def tiny_run(tmp_path_factory, weights):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     killed_log = log.read_text()
+    # the training jobs Snakemake saw finish before the interrupt (a final.pt written by a
+    # job that was interrupted before Snakemake registered it is rightly recomputed)
+    done = [work / p for p in finished_outputs(killed_log, "train") if p.endswith("final.pt")]
+    mtimes = {str(p): os.stat(p).st_mtime_ns for p in done}
     finished_first = re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", killed_log)
     second = subprocess.run(args, capture_output=True, text=True, cwd=work, timeout=1500)
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]

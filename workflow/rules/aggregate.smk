@@ -5,7 +5,7 @@
 # saved beside them so the tables know the grid (empty cells say why they are empty).
 
 TABLES = ["table1", "table2", "table3", "table4", "table5", "table7", "protocol"]
-CAPTIONS = str(REPO / "workflow" / "report")
+CAPTIONS = "../report"  # relative to this rule file
 
 
 def report_inputs(wildcards):
@@ -57,10 +57,9 @@ rule aggregate:
     conda:
         ENV
     params:
-        ecdp=ECDP,
         results=RESULTS,
         bench=lambda wc, input: f"--benchmark-json {shlex.quote(input.benchmark)}" if "benchmark" in input.keys() else "",
     shell:
-        "{params.ecdp} report --results {params.results} --workflow-config {input.config} "
+        "python -m ecdp.cli report --results {params.results} --workflow-config {input.config} "
         "--benchmarks-dir {params.results}/logs/benchmarks --start-marker {params.results}/logs/workflow_start "
         "{params.bench} > {log} 2>&1"

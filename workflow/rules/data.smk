@@ -18,10 +18,9 @@ rule prepare_embedded:
     conda:
         ENV
     params:
-        ecdp=ECDP,
         root=DATA,
     shell:
-        "{params.ecdp} data prepare embedded --root {params.root} --workers {threads} --no-progress > {log} 2>&1"
+        "python -m ecdp.cli data prepare embedded --root {params.root} --workers {threads} --no-progress > {log} 2>&1"
 
 
 rule prepare_dataset:
@@ -40,7 +39,6 @@ rule prepare_dataset:
     conda:
         ENV
     params:
-        ecdp=ECDP,
         root=DATA,
         cmd=lambda wc: (
             f"data prepare {shlex.quote(PREPARE[wc.dataset]['prepare'])} {PREPARE[wc.dataset].get('prepare_args', '')}"
@@ -51,5 +49,5 @@ rule prepare_dataset:
             echo "dataset {wildcards.dataset} has no 'prepare' entry in the config: prepare it into {params.root}/{wildcards.dataset} yourself" | tee {log} >&2
             exit 1
         fi
-        {params.ecdp} {params.cmd} --root {params.root} --workers {threads} --no-progress > {log} 2>&1
+        python -m ecdp.cli {params.cmd} --root {params.root} --workers {threads} --no-progress > {log} 2>&1
         """

@@ -44,8 +44,6 @@ rule evaluate:
     conda:
         ENV
     params:
-        ecdp=ECDP,
-        env=WEIGHTS_ENV,
         device=DEVICE,
         settings=lambda wc: shlex.quote(json.dumps(eval_settings(wc), sort_keys=True)),
         data=lambda wc: f"{DATA}/{wc.dataset}",
@@ -61,7 +59,7 @@ rule evaluate:
     shell:
         """
         printf '%s\\n' {params.settings} > {output.settings}
-        OMP_NUM_THREADS={threads} {params.env}{params.ecdp} evaluate --checkpoint {input.model} \
+        OMP_NUM_THREADS={threads} python -m ecdp.cli evaluate --checkpoint {input.model} \
             --data {params.data} --split {params.split} {params.limit} --sampler {params.sampler} \
             --seed {wildcards.seed} --out {params.out} --convention {params.convention} \
             --lpips-net {params.lpips_net} --device {params.device} --threads {threads} \

@@ -88,12 +88,10 @@ if SAM:
         conda:
             ENV
         params:
-            repo=str(REPO),
             samplers=SAM["samplers"],
             limit=SAM.get("limit"),
             lr_crop=SAM.get("lr_crop"),
             convention=config["evaluation"]["convention"],
             device=DEVICE,
-            weights_dir=config["weights"].get("dir"),
         script:
             "../scripts/sampler_study.py"

@@ -44,16 +44,13 @@ rule train:
     conda:
         ENV
     params:
-        ecdp=ECDP,
-        env=WEIGHTS_ENV,
         device=DEVICE,
         cfg=run_config_json,
         out=lambda wc, output: str(Path(output.model).parent),
-        pypath=f"PYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}}",
     shell:
         """
         printf '%s\\n' {params.cfg} > {output.config}
-        {params.pypath} python -m ecdp.report.grid clean-stale {output.config} {params.out} > {log} 2>&1
-        OMP_NUM_THREADS={threads} {params.env}{params.ecdp} train --config {output.config} --out {params.out} \
+        python -m ecdp.report.grid clean-stale {output.config} {params.out} > {log} 2>&1
+        OMP_NUM_THREADS={threads} python -m ecdp.cli train --config {output.config} --out {params.out} \
             --resume --device {params.device} >> {log} 2>&1
         """

@@ -16,8 +16,6 @@ rule fetch_weights:
     conda:
         ENV
     params:
-        ecdp=ECDP,
-        env=WEIGHTS_ENV,
         offline="--offline" if config["weights"].get("offline") else "",
     shell:
-        "{params.env}{params.ecdp} weights fetch {params.offline} > {log} 2>&1"
+        "python -m ecdp.cli weights fetch {params.offline} > {log} 2>&1"

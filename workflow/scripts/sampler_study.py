@@ -1,16 +1,13 @@
-"""Snakemake script of the `sampler_study` rule: ecdp.timing.sampler_study on one checkpoint."""
+"""Snakemake script of the `sampler_study` rule: ecdp.timing.sampler_study on one checkpoint.
+
+The ecdp package and the weights folder come from the environment the Snakefile sets
+(PYTHONPATH, ECDP_WEIGHTS_DIR)."""
 import os
-import sys
 
-sys.path.insert(0, snakemake.params.repo)  # noqa: F821 - injected by Snakemake
+import torch
 
-if snakemake.params.weights_dir:  # noqa: F821
-    os.environ["ECDP_WEIGHTS_DIR"] = os.path.expanduser(snakemake.params.weights_dir)  # noqa: F821
-
-import torch  # noqa: E402
-
-from ecdp.evaluation import atomic_write_text  # noqa: E402
-from ecdp.timing import sampler_study  # noqa: E402
+from ecdp.evaluation import atomic_write_text
+from ecdp.timing import sampler_study
 
 sm = snakemake  # noqa: F821
 torch.set_num_threads(sm.threads)
