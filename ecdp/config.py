@@ -80,7 +80,10 @@ DISCREPANCIES = {
     "ode_tolerance": ("sampler.atol,sampler.rtol", 1e-4, 1e-3),
     "sigma": ("sde.sigma", "empirical", 0.2),
     "mu_kernel": ("sde.mu_kernel", "matlab", "torch"),
-    "quality_stage": ("quality.mode", "add", "only"),
+    # the released quality stage is one choice of three settings: a separate fine-tune
+    # (score loss dropped) that starts from the EMA weights and keeps an EMA of decay 0.9
+    "quality_stage": ("quality", {"mode": "add", "init_from_ema": False},
+                      {"mode": "only", "init_from_ema": True, "ema_decay": 0.9}),
     "celeba_blocks": ("model.blocks", [3, 3, 3, 3], [2, 2, 2, 2]),
 }
 

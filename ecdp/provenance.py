@@ -32,11 +32,17 @@ def device_name(device) -> str:
 
 def versions() -> dict:
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for name in ("torch", "torchvision", "torchdiffeq", "lpips", "pyiqa", "numpy"):
-        try:
-            out[name] = str(__import__(name).__version__)  # plain str: TorchVersion breaks weights_only loads
-        except Exception:  # noqa: BLE001 - a missing optional package is recorded, not fatal
+    from importlib import metadata
+
+    for name in ("torch", "torchvision", "torchdiffeq", "lpips", "pyiqa", "numpy", "pandas", "snakemake"):
+        try:  # installed distribution metadata: also for packages without __version__ (lpips)
+            out[name] = metadata.version(name)   # plain str (TorchVersion breaks weights_only loads)
+        except metadata.PackageNotFoundError:    # a missing optional package is recorded, not fatal
             out[name] = None
+    import torch
+
+    out["torch_build"] = str(torch.__version__)          # e.g. 2.14.1+cu130
+    out["cuda"] = torch.version.cuda
     return out
 
 

@@ -62,6 +62,24 @@ def _sampler_label(stats: dict, options: dict) -> str:
 
 
 @torch.no_grad()
+def sampler_call(method: torch.nn.Module, lr: torch.Tensor, sampler_options: dict | None = None, seed: int = 0):
+    """The timed unit of every speed measurement of the suite (``ecdp time``, the Table 3
+    rule and ``tests/benchmarks``): a function that draws x(T) from a generator seeded
+    with ``seed``, runs ``method.super_resolve(lr, **sampler_options)`` and waits for the
+    device, returning ``(sr, stats)``.  ``lr`` is (B, 3, h, w) on the method's device."""
+    opts = dict(sampler_options or {})
+    device = _device_of(method)
+
+    def call():
+        g = torch.Generator(device).manual_seed(seed)
+        _sync(device)
+        sr, stats = method.super_resolve(lr, generator=g, **opts)
+        _sync(device)
+        return sr, stats
+
+    return call
+
+
 def time_sampler(method: torch.nn.Module, lr: torch.Tensor, sampler_options: dict | None = None, repeats: int = 3,
                  warmup: int = 1, seed: int = 0) -> dict:
     """Time ``method.super_resolve(lr, **sampler_options)``.
@@ -84,12 +102,11 @@ def time_sampler(method: torch.nn.Module, lr: torch.Tensor, sampler_options: dic
     was_training = method.training
     method.eval()
 
+    call = sampler_call(method, lr, opts, seed)
+
     def run():
-        g = torch.Generator(device).manual_seed(seed)
-        _sync(device)
         t0 = time.perf_counter()
-        sr, stats = method.super_resolve(lr, generator=g, **opts)
-        _sync(device)
+        sr, stats = call()
         return time.perf_counter() - t0, sr, stats
 
     try:
@@ -277,12 +294,10 @@ def sampler_study(method, dataset_root: str | os.PathLike, samplers: list[dict],
     for k in order:
         opts = dict(samplers[k])
         for i, (lr, hr, stem) in enumerate(images):
-            g = torch.Generator(dev).manual_seed(seed + i)
+            call = sampler_call(method, lr[None].to(dev), opts, seed + i)
             with torch.no_grad():
-                _sync(dev)
                 t0 = time.perf_counter()
-                sr, stats = method.super_resolve(lr[None].to(dev), generator=g, **opts)
-                _sync(dev)
+                sr, stats = call()
                 seconds = time.perf_counter() - t0
             m = score(sr[0].cpu(), hr, convention=convention, scale=scale)
             if reference is not None and k == reference:

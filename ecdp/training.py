@@ -156,7 +156,8 @@ class Trainer:
         self.method.set_stage(stage)
         quality = getattr(self.method, "_quality", None)
         if stage["kind"] == "quality" and quality:
-            self.quality_info = {"stage": stage["name"], **quality[0].info}
+            info = quality[0].info
+            self.quality_info = {"stage": stage["name"], "feature_net": info.get("feature_net", info.get("name")), **info}
             log.write(json.dumps({"event": "quality_loss", "step": self.global_step, **self.quality_info}) + "\n")
         self.method.train()
         if stage["kind"] == "quality" and self.cfg.get("quality", {}).get("init_from_ema") \

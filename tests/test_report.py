@@ -233,9 +233,11 @@ def test_default_grid_variants():
     assert cfg("ecdp-eps")["parametrization"]["kind"] == "eps"
     assert [s["kind"] for s in cfg("ecdp-hybrid-c1.0-noquality")["train"]["stages"]] == ["pretrain", "score"]
     assert cfg("ecdp-noprobflow")["quality"]["sampler"]["name"] == "reverse_sde"
-    assert cfg("ecdp-noprobflow")["quality"]["sampler"]["steps"] == 300
+    assert cfg("ecdp-noprobflow")["quality"]["sampler"]["steps"] == 100
     assert cfg("ecdp-paper-but-sigma")["sde"]["sigma"] == 0.2 and cfg("ecdp-paper-but-sigma")["protocol"] == "paper"
-    assert cfg("ecdp-paper-but-quality_stage")["quality"]["mode"] == "only"
+    q = cfg("ecdp-paper-but-quality_stage")["quality"]
+    assert (q["mode"], q["init_from_ema"], q["ema_decay"]) == ("only", True, 0.9)   # the released stage, all of it
+    assert q["sampler"]["name"] == "ode" and cfg("ecdp-paper-but-quality_stage")["protocol"] == "paper"
     assert cfg("ecdp-official")["quality"]["mode"] == "only"
     assert cfg("sr3")["method"] == "sr3" and cfg("sr3pp")["train"]["stages"][-1]["kind"] == "quality"
     assert cfg("ecdp-hybrid-c1.0", "embedded-celeba")["quality"]["weight"] == 1.0
@@ -318,7 +320,8 @@ def test_report_end_to_end(runs, tmp_path):
     wf.write_text(yaml.safe_dump(load_config("default")))
     out = report_cli.report(results, workflow_config=wf, benchmarks_dir=results / "logs/benchmarks",
                             base_dir=ROOT, log=lambda *a: None)
-    assert len(out["tables"]) == 21
+    assert len(out["tables"]) == 24  # 7 paper tables + the sampler study, 3 formats each
+    assert "Sampler study" in (results / "tables/samplers.md").read_text()
     figs = {p.name for p in out["figures"]}
     assert {"figure8.png", "lpips_vs_seconds.png", "lpips_vs_nfe.png", "grid_embedded-div2k.png"} <= figs
     meta = json.loads((results / "run_metadata.json").read_text())
@@ -332,6 +335,26 @@ def test_report_end_to_end(runs, tmp_path):
     assert "embedded (small-scale smoke run" in readme and "Planned cells without results" in readme
     t1 = (results / "tables/table1.md").read_text()
     assert "not reimplemented: paper value only" in t1 and "embedded (small-scale smoke run" in t1
+
+
+def test_sampler_table_marks_target_against_reference():
+    study = pd.DataFrame([
+        {"sampler": "ode-dopri5-tol1e-04", "nfe": 80, "seconds_per_image": 2.0, "lpips": 0.300, "psnr": 25.0,
+         "ssim": 0.7, "psnr_vs_ref": math.nan, "n_images": 3, "device": "cpu", "convention": "ecdp"},
+        {"sampler": "dpmpp_2m-20", "nfe": 20, "seconds_per_image": 0.5, "lpips": 0.3015, "psnr": 25.0,
+         "ssim": 0.7, "psnr_vs_ref": 40.0, "n_images": 3, "device": "cpu", "convention": "ecdp"},
+        {"sampler": "dpmpp_2m-5", "nfe": 5, "seconds_per_image": 0.1, "lpips": 0.310, "psnr": 24.0,
+         "ssim": 0.6, "psnr_vs_ref": 30.0, "n_images": 3, "device": "cpu", "convention": "ecdp"},
+        {"sampler": "heun-20", "nfe": 40, "seconds_per_image": 1.0, "lpips": 0.300, "psnr": 25.0,
+         "ssim": 0.7, "psnr_vs_ref": 45.0, "n_images": 3, "device": "cpu", "convention": "ecdp"},
+    ])
+    t = T.sampler_table(study, grid_context(), source="embedded-div2k")
+    assert [r["meets_target"] for r in t.rows] == [False, True, False, False]   # 5-step: LPIPS; heun: NFE 1/2
+    assert t.rows[1]["nfe_vs_ref"] == pytest.approx(0.25) and t.rows[2]["lpips_minus_ref"] == pytest.approx(0.01)
+    md = T.to_markdown(t)
+    assert "(reference)" in md and "✓" in md and "3 test image(s)" in md
+    assert md.count("✓") == 2  # the caption's legend and the one row that meets it
+    assert "\\checkmark" in T.to_latex(t)
 
 
 def test_report_cli_without_grid(runs, tmp_path, capsys):

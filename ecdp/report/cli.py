@@ -179,6 +179,9 @@ def report(results: str | Path = "results", out: str | Path | None = None, workf
     samplers = collect_samplers(results)
 
     tables = tables_mod.build_tables(runs, timing, ctx)
+    for name, df in samplers:  # results/samplers/<dataset>/<variant>/seed<k>.csv
+        tname = "samplers" if len(samplers) == 1 else f"samplers_{name}"
+        tables[tname] = tables_mod.sampler_table(df, ctx, tname, source=name)
     written = tables_mod.write_tables(tables, out / "tables")
 
     fig8_ds = None

@@ -445,6 +445,53 @@ def protocol_table(paper: pd.DataFrame, agg: pd.DataFrame, ctx: Context) -> Tabl
     return Table("protocol", cap, columns, rows, display, [list(range(2)), list(range(2, len(rows)))], {}, formats)
 
 
+SAMPLER_TARGET = {"lpips": 0.002, "nfe_ratio": 0.25}   # issue 6: within 0.002 LPIPS at <= 1/4 of the NFE
+
+
+def sampler_table(study: pd.DataFrame, ctx: Context, name: str = "samplers", source: str = "") -> Table:
+    """The sampler study (``ecdp.timing.sampler_study``) of one model: quality against cost.
+
+    The first row is the reference (the study's most accurate solver, dopri5 at
+    atol = rtol = 1e-4 in the shipped configs); ``nfe_vs_ref`` and ``lpips_minus_ref``
+    compare every sampler with it, and ``meets_target`` marks samplers within
+    ``SAMPLER_TARGET["lpips"]`` LPIPS of it with at most ``SAMPLER_TARGET["nfe_ratio"]``
+    of its NFE."""
+    rows = []
+    ref = study.iloc[0] if len(study) else None
+    for i, r in enumerate(study.to_dict("records")):
+        row = {k: r.get(k) for k in ("sampler", "options", "nfe", "seconds_per_image", "lpips", "psnr", "ssim",
+                                     "psnr_vs_ref", "lpips_vs_ref", "n_images", "device", "convention")}
+        row["nfe_vs_ref"] = _num(r.get("nfe")) / _num(ref.get("nfe")) if _num(ref.get("nfe")) else math.nan
+        row["lpips_minus_ref"] = _num(r.get("lpips")) - _num(ref.get("lpips"))
+        row["reference"] = i == 0
+        row["meets_target"] = (i > 0 and row["nfe_vs_ref"] <= SAMPLER_TARGET["nfe_ratio"]
+                               and abs(row["lpips_minus_ref"]) <= SAMPLER_TARGET["lpips"])
+        rows.append(row)
+    columns = ["sampler", "options", "nfe", "nfe_vs_ref", "seconds_per_image", "lpips", "lpips_minus_ref", "psnr",
+               "ssim", "psnr_vs_ref", "lpips_vs_ref", "n_images", "device", "reference", "meets_target"]
+    display = [("Sampler", "sampler"), ("NFE", "nfe"), ("NFE / ref", "nfe_vs_ref"), ("s / image", "seconds_per_image"),
+               ("LPIPS ↓", "lpips"), ("ΔLPIPS vs ref", "lpips_minus_ref"), ("PSNR ↑", "psnr"), ("SSIM ↑", "ssim"),
+               ("PSNR vs ref SR", "psnr_vs_ref"), ("Target", "l_quality_mark")]
+    formats = {"sampler": lambda row: row["sampler"] + (" (reference)" if row["reference"] else ""),
+               "nfe": lambda row: _fmt(row["nfe"], 0), "nfe_vs_ref": lambda row: _fmt(row["nfe_vs_ref"], 2),
+               "seconds_per_image": lambda row: _fmt(row["seconds_per_image"], 3),
+               "lpips": lambda row: _fmt(row["lpips"], 4), "lpips_minus_ref": lambda row: f"{row['lpips_minus_ref']:+.4f}",
+               "psnr": lambda row: _fmt(row["psnr"], 2), "ssim": lambda row: _fmt(row["ssim"], 3),
+               "psnr_vs_ref": lambda row: "" if row["reference"] else _fmt(row["psnr_vs_ref"], 1),
+               "l_quality_mark": lambda row: "✓" if row["meets_target"] else ""}
+    idx = list(range(len(rows)))
+    n = _num(rows[0].get("n_images")) if rows else math.nan
+    n = "?" if math.isnan(n) else int(n)
+    extra = (f" {source}: {n} test image(s), the same x(T) for every sampler; seconds on "
+             f"{rows[0]['device'] if rows else '?'}. Reference: the first row. Target ✓: LPIPS within "
+             f"{SAMPLER_TARGET['lpips']} of the reference with at most {SAMPLER_TARGET['nfe_ratio']:g} of its NFE. "
+             "PSNR vs ref SR: PSNR of each sampler's image against the reference sampler's (solver error). "
+             "Bold: best LPIPS.")
+    cap = _caption("Sampler study: quality against cost of ECDP's samplers on one trained model", ctx, None,
+                   "convention " + str(rows[0].get("convention", "ecdp")) if rows else "", extra)
+    return Table(name, cap, columns, rows, display, [idx], {"lpips": _best(rows, idx, "lpips", False, 4)}, formats)
+
+
 def build_tables(runs: pd.DataFrame, timing: pd.DataFrame, ctx: Context,
                  paper: pd.DataFrame | None = None) -> dict[str, Table]:
     paper = paper_results() if paper is None else paper
@@ -517,6 +564,8 @@ def _md_escape(text: str) -> str:
 
 def to_markdown(table: Table) -> str:
     title = {"protocol": "Protocol table"}.get(table.name, table.name.replace("table", "Table "))
+    if table.name.startswith("samplers"):
+        title = "Sampler study"
     lines = [f"**{title}.** {_md_escape(table.caption)}", "",
              "| " + " | ".join(_md_escape(h) for h, _k in table.display) + " |",
              "|" + "|".join("---" if k in _TEXT_KEYS else "---:" for _h, k in table.display) + "|"]

@@ -44,7 +44,8 @@ SR3_MODEL = {"arch": "custom", "inner_channels": 32, "channel_mults": [1, 2, 2, 
              "attn_stages": [3], "dropout": 0.0, "norm_groups": 8, "resample": "conv"}
 SRDIFF_MODEL = {"arch": "custom", "unet_dim": 40, "dim_mults": [1, 2, 2, 2], "rrdb_blocks": 2, "rrdb_nf": 16,
                 "rrdb_gc": 8}
-# smoke-scale training recipe of the benchmark ECDP (config/tiny.yaml's, shorter)
+# smoke-scale training recipe of the benchmark ECDP (config/tiny.yaml's, shorter; EMA decay 0.95
+# as there, so the EMA weights are not mostly the random init after 180 steps)
 ECDP_STAGES = [
     {"name": "pretrain", "kind": "pretrain", "steps": 30, "batch": 8, "lr": 1.0e-3},
     {"name": "score", "kind": "score", "steps": 150, "batch": 8, "lr": 5.0e-4, "encoder_lr": 1.0e-4,
@@ -120,7 +121,7 @@ def _config(method: str, model: dict, data_root: Path, extra: dict | None = None
 def ecdp_config(data_root: Path) -> dict:
     return _config("ecdp", ECDP_MODEL, data_root, {
         "sampler": {"name": "ode", "method": "dopri5", "atol": 1e-4, "rtol": 1e-4},
-        "train": {"warmup": 10, "checkpoint_every": 50, "log_every": 10, "validate": {"every": 0},
+        "train": {"ema_decay": 0.95, "warmup": 10, "checkpoint_every": 50, "log_every": 10, "validate": {"every": 0},
                   "stages": ECDP_STAGES}})
 
 

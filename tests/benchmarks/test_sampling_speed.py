@@ -18,16 +18,18 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ecdp.timing import sampler_call
+
 ROUNDS = 3
 SR3_TIMED_STEPS, SR3_FULL_STEPS = 20, 2000
 
 
 def _run(benchmark, method, lr, opts, rounds=ROUNDS):
-    out = {}
+    """One warm-up round, then ``rounds`` timed calls of the harness of ``ecdp time``."""
+    out, call = {}, sampler_call(method, lr, opts, seed=0)
 
     def once():
-        sr, stats = method.super_resolve(lr, generator=torch.Generator().manual_seed(0), **opts)
-        out["stats"] = stats
+        sr, out["stats"] = call()
         return sr
 
     sr = benchmark.pedantic(once, rounds=rounds, warmup_rounds=1, iterations=1)
