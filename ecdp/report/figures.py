@@ -115,7 +115,8 @@ def lpips_vs_nfe(samplers: pd.DataFrame, out: str | Path, title: str = "", profi
     if samplers is None or samplers.empty or "nfe" not in samplers:
         return None
     df = samplers.copy()
-    df["family"] = df["sampler"].astype(str).str.replace(r"[-_]?\d+$", "", regex=True)
+    # family = the sampler without its step count / tolerance: dpmpp_2m-10 -> dpmpp_2m, ode-dopri5-tol1e-04 -> ode-dopri5
+    df["family"] = df["sampler"].astype(str).str.replace(r"(-tol[-+.0-9e]+|[-_]\d+)$", "", regex=True)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     sns.lineplot(data=df.sort_values("nfe"), x="nfe", y="lpips", hue="family", marker="o", ax=ax, errorbar=None)

@@ -487,7 +487,7 @@ def sampler_table(study: pd.DataFrame, ctx: Context, name: str = "samplers", sou
              f"{SAMPLER_TARGET['lpips']} of the reference with at most {SAMPLER_TARGET['nfe_ratio']:g} of its NFE. "
              "PSNR vs ref SR: PSNR of each sampler's image against the reference sampler's (solver error). "
              "Bold: best LPIPS.")
-    cap = _caption("Sampler study: quality against cost of ECDP's samplers on one trained model", ctx, None,
+    cap = _caption("Quality against cost of ECDP's samplers on one trained model", ctx, None,
                    "convention " + str(rows[0].get("convention", "ecdp")) if rows else "", extra)
     return Table(name, cap, columns, rows, display, [idx], {"lpips": _best(rows, idx, "lpips", False, 4)}, formats)
 
