@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -10,21 +11,29 @@ import torch
 FORMAT = "ecdp-bench/1"
 
 
-def save(obj: dict, path: str | Path) -> None:
-    """torch.save to a temp file in the same folder, fsync, then rename: a checkpoint
-    under its final name is always complete."""
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "wb"):
+    """Open a temp file in ``path``'s folder; on success fsync and rename it to ``path``,
+    on any error remove it.  A file under its final name is always complete.  Every
+    checkpoint, table, metrics file and run record of the suite is written this way."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save(obj: dict, path: str | Path) -> None:
+    """torch.save through :func:`atomic_open`: a killed run never leaves a torn checkpoint."""
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def load(path: str | Path, map_location="cpu") -> dict:

@@ -25,6 +25,22 @@ class CLIError(Exception):
     """An error for the user: printed as one line, exit code 2."""
 
 
+def sampler_option(text: str | None) -> dict:
+    """The ``--sampler`` option of ``ecdp sr / evaluate / time``: a JSON object of sampler
+    options (``{"name": "dpmpp_2m", "steps": 10}``, ``{"atol": 1e-3}``), or {} if absent."""
+    import json
+
+    if not text:
+        return {}
+    try:
+        opts = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CLIError(f"--sampler is not valid JSON ({e})") from None
+    if not isinstance(opts, dict):
+        raise CLIError("--sampler must be a JSON object, e.g. '{\"name\": \"dpmpp_2m\", \"steps\": 10}'")
+    return opts
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ecdp", description="ecdp-bench: reproduce, extend and time ECDP (AAAI 2024).")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -32,7 +32,6 @@ import json
 import math
 import os
 import statistics
-import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -61,19 +60,11 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write to a temp file in the same folder, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``text`` through :func:`ecdp.checkpoint.atomic_open` (temp file, fsync, rename)."""
+    from .checkpoint import atomic_open
+
+    with atomic_open(path, "w") as f:
+        f.write(text)
 
 
 def centre_crop_box(h: int, w: int, size: int, scale: int) -> tuple[int, int, int]:
@@ -259,17 +250,12 @@ def add_cli(p):
 
 
 def run_cli(args) -> int:
-    from .cli import CLIError
+    from .cli import CLIError, sampler_option
     from .imageio import ImageReadError
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        sampler = json.loads(args.sampler) if args.sampler else {}
-    except json.JSONDecodeError as e:
-        raise CLIError(f"--sampler is not valid JSON ({e})") from None
-    if not isinstance(sampler, dict):
-        raise CLIError("--sampler must be a JSON object")
+    sampler = sampler_option(args.sampler)
     try:
         s = evaluate(args.checkpoint, args.data, args.out, split=args.split, limit=args.limit, sampler=sampler,
                      seed=args.seed, convention=args.convention,

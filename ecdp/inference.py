@@ -8,7 +8,6 @@ nothing is written.  Outputs are written atomically (``OUTDIR/<stem>.png``).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -35,8 +34,9 @@ def add_cli(p):
 
 
 def run_cli(args) -> int:
-    from .cli import CLIError
+    from .cli import CLIError, sampler_option
 
+    opts = sampler_option(args.sampler)   # before any work: a typo fails fast
     try:
         images = [(Path(p), *load_image(p, with_alpha=True)) for p in args.inputs]
     except ImageReadError as e:
@@ -45,7 +45,6 @@ def run_cli(args) -> int:
         method, _ = load_method(args.checkpoint, args.device)
     except (FileNotFoundError, ValueError) as e:
         raise CLIError(str(e)) from None
-    opts = json.loads(args.sampler) if args.sampler else {}
     out = Path(args.outdir)
     for path, img, alpha in tqdm(images, desc="sr", unit="img"):
         sr, stats = super_resolve_image(method, img, args.seed, args.device, **opts)

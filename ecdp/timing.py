@@ -19,7 +19,6 @@ import io
 import json
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -177,26 +176,18 @@ def write_rows(rows: list[dict], path: str | os.PathLike | None, columns: list[s
         w.writerow({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in r.items()})
     text = buf.getvalue()
     if path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        from .evaluation import atomic_write_text
+
+        atomic_write_text(path, text)
     return text
 
 
 def run_cli(args) -> int:
     from .checkpoint import load_method
-    from .cli import CLIError
+    from .cli import CLIError, sampler_option
     from .provenance import record
 
-    try:
-        opts = json.loads(args.sampler) if args.sampler else {}
-    except json.JSONDecodeError as e:
-        raise CLIError(f"--sampler is not valid JSON: {e}") from None
-    if not isinstance(opts, dict):
-        raise CLIError("--sampler must be a JSON object, e.g. '{\"atol\": 1e-4}'")
+    opts = sampler_option(args.sampler)
     if args.repeats < 1 or args.warmup < 0 or args.batch < 1 or args.size < 1:
         raise CLIError("--repeats, --batch and --size must be >= 1 and --warmup >= 0")
     if args.device.startswith("cuda") and not torch.cuda.is_available():

@@ -137,6 +137,9 @@ class Trainer:
         total = sum(s["steps"] for s in self.stages)
         bar = tqdm(total=total, initial=self.global_step, desc="train", unit="step", dynamic_ncols=True)
         ema = None
+        if resumed is None:  # a fresh start: logs of an earlier run in this folder would mix in
+            for name in ("log.jsonl", "val.jsonl"):
+                (self.out / name).unlink(missing_ok=True)
         with open(self.out / "log.jsonl", "a") as log:
             while self.stage_index < len(self.stages):
                 stage = self.stages[self.stage_index]

@@ -81,3 +81,12 @@ def test_params_within_two_percent(capsys):
     for arch, paper in (("div2k", "42.6"), ("imagenet", "37.6"), ("celeba", "40.0")):
         line = next(l for l in out.splitlines() if l.startswith("ECDP") and arch in l)
         assert paper in line and line.rstrip().endswith("yes")
+
+
+@pytest.mark.parametrize("text", ["{atol: 1e-3", "[1, 2]"])
+def test_sr_bad_sampler_option_is_one_line_error(tmp_path, capsys, checkpoint, text):
+    img = write_inputs(tmp_path)["rgb"]
+    out = tmp_path / "o"
+    assert main(["sr", "--checkpoint", str(checkpoint), str(img), "-o", str(out), "--sampler", text]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--sampler" in err and not out.exists()

@@ -67,3 +67,16 @@ def test_quality_stage_changes_weights_and_logs(tiny_data, tmp_path):
     assert [e["feature_net"] for e in events if e["event"] == "quality_loss"] == ["tiny-random"]
     assert final["provenance"]["quality_loss"]["feature_net"] == "tiny-random"
     assert json.loads((tmp_path / "q" / "provenance.json").read_text())["quality_loss"]["pretrained"] is False
+
+
+def test_fresh_start_does_not_append_to_old_logs(tiny_data, tmp_path):
+    """`--resume` with no checkpoint is a fresh start: an older log.jsonl (a committed
+    results/ folder, a cleaned-up run) must not be mixed into the new one."""
+    cfg = tiny_config(tiny_data, **SHORT)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "log.jsonl").write_text('{"step": 999, "stage": "stale"}\n')
+    train(cfg, out, resume=True)
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if "event" not in r]
+    assert "stale" not in {r.get("stage") for r in rows} and steps == sorted(steps) and steps
