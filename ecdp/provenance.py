@@ -10,12 +10,14 @@ from pathlib import Path
 
 
 def git_commit(cwd: str | Path | None = None) -> str:
-    """The suite's git commit (with ``-dirty`` if the tree has changes), or ``unknown``."""
+    """The suite's git commit (with ``-dirty`` if tracked code or configs have changes), or
+    ``unknown``.  ``results/`` is left out of the check: the workflow rewrites the committed
+    results there, which says nothing about the code that produced them."""
     cwd = cwd or Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"],
+                               cwd=cwd, capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
