@@ -20,6 +20,7 @@ DESIGN.md).
 """
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,21 @@ EpsFn = Callable[[Tensor, int], Tensor]
 
 
 # ------------------------------------------------------------------ schedules
+def preset_model_config(model: dict, archs: dict[str, dict], family: str, label: str) -> dict:
+    """A baseline's network settings: the preset ``model.arch`` names (``div2k`` or
+    ``<family>-div2k``; ``custom`` starts from the DIV2K preset) overridden by the keys of
+    ``model`` that the presets define.  ``label`` names the method in the error."""
+    default = f"{family}-div2k"
+    arch = model.get("arch", default)
+    if arch != "custom" and not arch.startswith(f"{family}-"):
+        arch = f"{family}-{arch}"
+    if arch != "custom" and arch not in archs:
+        raise ValueError(f"{label} model.arch must be one of {sorted(archs) + ['custom']}, got {model.get('arch')!r}")
+    out = copy.deepcopy(archs[default if arch == "custom" else arch])
+    out.update({k: v for k, v in model.items() if k in archs[default]})
+    return out
+
+
 def linear_betas(T: int, start: float = 1e-4, end: float = 2e-2) -> Tensor:
     """``linspace(start, end, T)`` (SR3: T = 2000, 1e-6 -> 1e-2)."""
     return torch.linspace(start, end, T, dtype=torch.float64)

