@@ -17,7 +17,8 @@ so the probability-flow ODE (eq. 13) reads
 
 Samplers (``SAMPLERS``): ``ode`` (torchdiffeq, the paper's adaptive dopri5),
 ``reverse_sde`` (Euler-Maruyama), and fixed-step probability-flow samplers with
-``steps`` intervals uniform in log-SNR: ``dpmpp_1`` and ``dpmpp_2m`` (exponential
+``steps`` intervals, uniform in log-SNR unless ``grid`` says otherwise (:func:`time_grid`):
+``dpmpp_1`` and ``dpmpp_2m`` (exponential
 integrators of eq. 13 in data prediction, derived below; N NFE), ``heun`` (2N NFE)
 and ``rk4`` (4N NFE).
 """
@@ -182,8 +183,9 @@ def sample_reverse_sde(denoiser: Denoiser, x_T: Tensor, mu: Tensor, sigma2, sde:
 #
 # ``heun`` (explicit trapezoid) and ``rk4`` (classical Runge-Kutta) integrate eq. 13 as
 # written (in t) on the same grid.  Every fixed-step sampler uses N = ``steps``
-# intervals whose end points are uniform in lambda between lambda(T) and lambda(t_eps),
-# mapped back with alpha = sigmoid(2 lambda) and ``sde.t_from_log_alpha``.
+# intervals whose end points are by default uniform in lambda between lambda(T) and
+# lambda(t_eps), mapped back with alpha = sigmoid(2 lambda) and ``sde.t_from_log_alpha``
+# (``grid`` picks another spacing, :func:`time_grid`; the sampler study compares them).
 #
 # NFE: dpmpp_1 and dpmpp_2m use exactly N evaluations (one per step; 2M reuses the
 # stored D_{i-1}); heun uses 2N (the final step is corrected too: the ODE is regular at
@@ -202,21 +204,46 @@ def t_from_log_snr(sde: ConditionalVPSDE, lam: Tensor) -> Tensor:
     return sde.t_from_log_alpha(-torch.nn.functional.softplus(-2.0 * lam))
 
 
-def log_snr_grid(sde: ConditionalVPSDE, steps: int, dtype=torch.float32, device=None) -> Tensor:
-    """``steps + 1`` times from T down to t_eps, uniform in log-SNR (end points exact)."""
+#: Time grids of the fixed-step samplers (``grid`` option); ``logsnr`` is the default.
+GRIDS = ("logsnr", "time_uniform", "time_quadratic", "edm")
+
+
+def time_grid(sde: ConditionalVPSDE, steps: int, dtype=torch.float32, device=None, grid: str = "logsnr",
+              rho: float = 7.0) -> Tensor:
+    """``steps + 1`` times from T down to t_eps (end points exact).
+
+    ``grid``: ``logsnr`` uniform in lambda (the default, as DPM-Solver++), ``time_uniform``
+    uniform in t, ``time_quadratic`` uniform in sqrt(t) (DPM-Solver's option for
+    high-resolution images), ``edm`` uniform in sigma^(1/rho) with sigma = e^{-lambda}
+    (Karras et al. 2022, rho = 7)."""
     if int(steps) < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    n = int(steps) + 1
     ends = torch.tensor([sde.T, sde.t_eps], dtype=torch.float64)
-    lam = torch.linspace(float(log_snr(sde, ends[0])), float(log_snr(sde, ends[1])), int(steps) + 1,
-                         dtype=torch.float64)
-    ts = t_from_log_snr(sde, lam)
+    lam0, lam1 = float(log_snr(sde, ends[0])), float(log_snr(sde, ends[1]))
+    if grid == "logsnr":
+        ts = t_from_log_snr(sde, torch.linspace(lam0, lam1, n, dtype=torch.float64))
+    elif grid == "time_uniform":
+        ts = torch.linspace(sde.T, sde.t_eps, n, dtype=torch.float64)
+    elif grid == "time_quadratic":
+        ts = torch.linspace(math.sqrt(sde.T), math.sqrt(sde.t_eps), n, dtype=torch.float64) ** 2
+    elif grid == "edm":
+        s0, s1 = math.exp(-lam0 / rho), math.exp(-lam1 / rho)
+        sig = torch.linspace(s0, s1, n, dtype=torch.float64) ** rho
+        ts = t_from_log_snr(sde, -torch.log(sig))
+    else:
+        raise ValueError(f"unknown grid {grid!r}; choose from {GRIDS}")
     ts[0], ts[-1] = sde.T, sde.t_eps
     return ts.to(dtype=dtype, device=device)
 
 
+def _fixed_stats(name: str, nfe: int, steps: int, grid: str) -> dict:
+    return {"nfe": nfe, "sampler": name, "steps": int(steps), **({} if grid == "logsnr" else {"grid": grid})}
+
+
 def _dpmpp(denoiser: Denoiser, x_T: Tensor, mu: Tensor, sigma2, sde: ConditionalVPSDE, steps: int,
-           order: int) -> tuple[Tensor, int]:
-    ts = log_snr_grid(sde, steps, x_T.dtype, x_T.device)
+           order: int, grid: str) -> tuple[Tensor, int]:
+    ts = time_grid(sde, steps, x_T.dtype, x_T.device, grid)
     lam = log_snr(sde, ts.double())              # step sizes h in float64
     counter = _Counter(denoiser)
     x, d_prev, h_prev = x_T, None, None
@@ -237,29 +264,29 @@ def _dpmpp(denoiser: Denoiser, x_T: Tensor, mu: Tensor, sigma2, sde: Conditional
 
 
 def sample_dpmpp_1(denoiser: Denoiser, x_T: Tensor, mu: Tensor, sigma2, sde: ConditionalVPSDE, *,
-                   steps: int = 50, **_) -> tuple[Tensor, dict]:
+                   steps: int = 50, grid: str = "logsnr", **_) -> tuple[Tensor, dict]:
     """First-order exponential integrator of eq. 13 in data prediction (DDIM-like); N NFE.
 
     ``x_t = mu + (sig_t/sig_s)(x_s - mu) + sqrt(alpha_t) (1 - e^{-h}) (D(x_s, s) - mu)``,
     steps uniform in log-SNR (derivation above).
     """
-    x, nfe = _dpmpp(denoiser, x_T, mu, sigma2, sde, steps, order=1)
-    return x, {"nfe": nfe, "sampler": "dpmpp_1", "steps": int(steps)}
+    x, nfe = _dpmpp(denoiser, x_T, mu, sigma2, sde, steps, 1, grid)
+    return x, _fixed_stats("dpmpp_1", nfe, steps, grid)
 
 
 def sample_dpmpp_2m(denoiser: Denoiser, x_T: Tensor, mu: Tensor, sigma2, sde: ConditionalVPSDE, *,
-                    steps: int = 20, **_) -> tuple[Tensor, dict]:
+                    steps: int = 20, grid: str = "logsnr", **_) -> tuple[Tensor, dict]:
     """Second-order multistep exponential integrator (DPM-Solver++(2M)) of eq. 13; N NFE.
 
     Like :func:`sample_dpmpp_1` with ``D`` replaced by the linear extrapolation
     ``(1 + 1/(2r)) D_i - 1/(2r) D_{i-1}``, ``r = h_{i-1}/h_i`` (first step: ``D_0``).
     """
-    x, nfe = _dpmpp(denoiser, x_T, mu, sigma2, sde, steps, order=2)
-    return x, {"nfe": nfe, "sampler": "dpmpp_2m", "steps": int(steps)}
+    x, nfe = _dpmpp(denoiser, x_T, mu, sigma2, sde, steps, 2, grid)
+    return x, _fixed_stats("dpmpp_2m", nfe, steps, grid)
 
 
 def _fixed_step(denoiser: Denoiser, x_T: Tensor, mu: Tensor, sigma2, sde: ConditionalVPSDE, steps: int,
-                tableau: str) -> tuple[Tensor, int]:
+                tableau: str, grid: str) -> tuple[Tensor, int]:
     counter = _Counter(denoiser)
 
     def f(x: Tensor, t: Tensor) -> Tensor:                   # right-hand side of eq. 13
@@ -267,7 +294,7 @@ def _fixed_step(denoiser: Denoiser, x_T: Tensor, mu: Tensor, sigma2, sde: Condit
         score = score_from_denoised(sde, x, mu, sigma2, tb, counter(x, tb))
         return sde.ode_drift(x, mu, sigma2, tb, score)
 
-    ts = log_snr_grid(sde, steps, x_T.dtype, x_T.device)
+    ts = time_grid(sde, steps, x_T.dtype, x_T.device, grid)
     x = x_T
     for i in range(int(steps)):
         t, t_next = ts[i], ts[i + 1]
@@ -287,17 +314,17 @@ def _fixed_step(denoiser: Denoiser, x_T: Tensor, mu: Tensor, sigma2, sde: Condit
 
 
 def sample_heun(denoiser: Denoiser, x_T: Tensor, mu: Tensor, sigma2, sde: ConditionalVPSDE, *,
-                steps: int = 20, **_) -> tuple[Tensor, dict]:
+                steps: int = 20, grid: str = "logsnr", **_) -> tuple[Tensor, dict]:
     """Heun's method (explicit trapezoid, 2nd order) on eq. 13 in t; 2N NFE (last step corrected too)."""
-    x, nfe = _fixed_step(denoiser, x_T, mu, sigma2, sde, steps, "heun")
-    return x, {"nfe": nfe, "sampler": "heun", "steps": int(steps)}
+    x, nfe = _fixed_step(denoiser, x_T, mu, sigma2, sde, steps, "heun", grid)
+    return x, _fixed_stats("heun", nfe, steps, grid)
 
 
 def sample_rk4(denoiser: Denoiser, x_T: Tensor, mu: Tensor, sigma2, sde: ConditionalVPSDE, *,
-               steps: int = 10, **_) -> tuple[Tensor, dict]:
+               steps: int = 10, grid: str = "logsnr", **_) -> tuple[Tensor, dict]:
     """Classical 4th-order Runge-Kutta on eq. 13 in t; 4N NFE."""
-    x, nfe = _fixed_step(denoiser, x_T, mu, sigma2, sde, steps, "rk4")
-    return x, {"nfe": nfe, "sampler": "rk4", "steps": int(steps)}
+    x, nfe = _fixed_step(denoiser, x_T, mu, sigma2, sde, steps, "rk4", grid)
+    return x, _fixed_stats("rk4", nfe, steps, grid)
 
 
 SAMPLERS: dict[str, Callable[..., tuple[Tensor, dict]]] = {

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import statistics
 import time
@@ -49,10 +50,12 @@ def method_name(method: torch.nn.Module) -> str:
 
 
 def _sampler_label(stats: dict, options: dict) -> str:
-    """e.g. ``ode-dopri5-tol1e-04``, ``dpmpp_2m-10``, ``ddpm-ancestral-100``."""
+    """e.g. ``ode-dopri5-tol1e-04``, ``dpmpp_2m-10``, ``dpmpp_2m-10-time_quadratic``, ``ddpm-ancestral-100``."""
     label = str(stats.get("sampler") or options.get("name") or "default")
     if stats.get("steps") is not None:
         label = f"{label}-{stats['steps']}"
+    if stats.get("grid"):
+        label += f"-{stats['grid']}"
     atol, rtol = stats.get("atol"), stats.get("rtol")
     if atol is not None and stats.get("steps") is None:
         label += f"-tol{atol:.0e}" if atol == rtol else f"-atol{atol:.0e}-rtol{rtol:.0e}"
@@ -235,7 +238,7 @@ def _center_crop(lr: torch.Tensor, hr: torch.Tensor, lr_crop: int | None, scale:
 
 def sampler_study(method, dataset_root: str | os.PathLike, samplers: list[dict], limit: int | None = 10,
                   lr_crop: int | None = None, seed: int = 0, convention: str = "ecdp", device: str | None = None,
-                  per_image: bool = False, reference: int | None = 0):
+                  per_image: bool = False, accurate: int | None = 0):
     """LPIPS / PSNR / SSIM against NFE and seconds per image for each sampler of one model.
 
     ``method``: an ``nn.Module`` with ``super_resolve`` or a checkpoint path.
@@ -246,15 +249,18 @@ def sampler_study(method, dataset_root: str | os.PathLike, samplers: list[dict],
     (and the HR image accordingly) to keep CPU runs short.  Image ``i`` uses seed
     ``seed + i`` for x(T) under every sampler, so samplers are compared on the same noise.
 
-    ``reference``: index in ``samplers`` of the most accurate solver (default 0, e.g.
-    dopri5 at a tight tolerance); every sampler's SR image is also compared with the
-    reference sampler's SR image of the same noise (``psnr_vs_ref``, ``lpips_vs_ref``):
-    how far the solver is from the ODE's solution, as opposed to how far from the HR
-    image.  ``None`` skips it.
+    ``accurate``: index in ``samplers`` of the solver taken as the ODE's solution (the
+    shipped configs: dopri5 at atol = rtol = 1e-6); it runs first, and every sampler's
+    SR image is compared with its SR image of the same noise: ``solver_rmse`` (RMSE of
+    the unquantized images in 8-bit levels, i.e. x 255 on [0, 1]), ``psnr_vs_accurate``
+    and ``lpips_vs_accurate`` (metric convention applied).  That is how far the solver
+    is from the ODE's solution, as opposed to how far from the HR image.  ``None``
+    skips it.
 
-    Returns a ``pandas.DataFrame`` with one row per sampler (``per_image=True``: one row
-    per sampler and image): sampler, options, nfe, seconds_per_image, lpips, psnr, ssim,
-    psnr_vs_ref, lpips_vs_ref, n_images, convention, device.
+    Returns a ``pandas.DataFrame`` with one row per sampler and image (``per_image=True``)
+    or, through :func:`summarize_sampler_study`, one row per sampler: sampler, options,
+    accurate, nfe, seconds_per_image, lpips, psnr, ssim, solver_rmse, psnr_vs_accurate,
+    lpips_vs_accurate, n_images, convention, device.
     """
     import pandas as pd
 
@@ -276,10 +282,12 @@ def sampler_study(method, dataset_root: str | os.PathLike, samplers: list[dict],
         with torch.no_grad():
             sampler_call(method, images[0][0][None].to(dev), samplers[0], seed)()
     order = list(range(len(samplers)))
-    if reference is not None:  # the reference sampler runs first so the others can be compared with it
-        order.remove(reference)
-        order.insert(0, reference)
-    ref_sr: dict = {}
+    if accurate is not None:  # the accurate solver runs first so the others can be compared with it
+        if not 0 <= int(accurate) < len(samplers):
+            raise ValueError(f"accurate={accurate} is not an index of the {len(samplers)} samplers")
+        order.remove(int(accurate))
+        order.insert(0, int(accurate))
+    exact: dict = {}
     for k in order:
         opts = dict(samplers[k])
         for i, (lr, hr, stem) in enumerate(images):
@@ -288,25 +296,32 @@ def sampler_study(method, dataset_root: str | os.PathLike, samplers: list[dict],
                 t0 = time.perf_counter()
                 sr, stats = call()
                 seconds = time.perf_counter() - t0
-            m = score(sr[0].cpu(), hr, convention=convention, scale=scale)
-            if reference is not None and k == reference:
-                ref_sr[i] = sr[0].cpu()
-            vs = score(sr[0].cpu(), ref_sr[i], convention=convention, scale=scale) if i in ref_sr else {}
+            sr = sr[0].cpu()
+            m = score(sr, hr, convention=convention, scale=scale)
+            if accurate is not None and k == int(accurate):
+                exact[i] = sr
+            vs = score(sr, exact[i], convention=convention, scale=scale) if i in exact else {}
+            rmse = 255 * float((sr.double() - exact[i].double()).pow(2).mean().sqrt()) if i in exact else math.nan
             rows.append({"k": k, "sampler": _sampler_label(stats, opts), "options": json.dumps(opts, sort_keys=True),
-                         "image": stem, "nfe": int(stats.get("nfe", -1)), "seconds_per_image": seconds,
-                         "lpips": m["lpips"], "psnr": m["psnr"], "ssim": m["ssim"],
-                         "psnr_vs_ref": vs.get("psnr", float("nan")), "lpips_vs_ref": vs.get("lpips", float("nan")),
+                         "accurate": accurate is not None and k == int(accurate), "image": stem,
+                         "nfe": int(stats.get("nfe", -1)), "seconds_per_image": seconds,
+                         "lpips": m["lpips"], "psnr": m["psnr"], "ssim": m["ssim"], "solver_rmse": rmse,
+                         "psnr_vs_accurate": vs.get("psnr", math.nan), "lpips_vs_accurate": vs.get("lpips", math.nan),
                          "convention": m["convention"], "device": device_name(dev)})
     df = pd.DataFrame(rows)
     if df.empty:
         return df
     df = df.sort_values("k", kind="stable").drop(columns="k").reset_index(drop=True)  # the caller's order
-    if per_image:
-        return df
-    agg = (df.groupby(["sampler", "options"], sort=False)
-             .agg(nfe=("nfe", "mean"), seconds_per_image=("seconds_per_image", "mean"), lpips=("lpips", "mean"),
-                  psnr=("psnr", "mean"), ssim=("ssim", "mean"), psnr_vs_ref=("psnr_vs_ref", "mean"),
-                  lpips_vs_ref=("lpips_vs_ref", "mean"), n_images=("image", "count"),
-                  convention=("convention", "first"), device=("device", "first"))
-             .reset_index())
-    return agg
+    return df if per_image else summarize_sampler_study(df)
+
+
+def summarize_sampler_study(per_image):
+    """Per-image rows of :func:`sampler_study` -> one row per sampler (means over images;
+    ``n_images`` counts them), in the order the samplers first appear."""
+    return (per_image.groupby(["sampler", "options"], sort=False)
+            .agg(accurate=("accurate", "first"), nfe=("nfe", "mean"), seconds_per_image=("seconds_per_image", "mean"),
+                 lpips=("lpips", "mean"), psnr=("psnr", "mean"), ssim=("ssim", "mean"),
+                 solver_rmse=("solver_rmse", "mean"), psnr_vs_accurate=("psnr_vs_accurate", "mean"),
+                 lpips_vs_accurate=("lpips_vs_accurate", "mean"), n_images=("image", "count"),
+                 convention=("convention", "first"), device=("device", "first"))
+            .reset_index())

@@ -25,7 +25,7 @@ import math
 import pytest
 import torch
 
-from ecdp.sampling import SAMPLERS, get_sampler, log_snr, log_snr_grid, sample_ode
+from ecdp.sampling import GRIDS, SAMPLERS, get_sampler, log_snr, sample_ode, time_grid
 from ecdp.sde import ConditionalVPSDE, _bc
 
 SDE = ConditionalVPSDE()
@@ -63,14 +63,41 @@ def test_registered():
 
 
 def test_log_snr_grid():
-    ts = log_snr_grid(SDE, 7, torch.float64)
+    ts = time_grid(SDE, 7, torch.float64)
     assert ts[0] == SDE.T and ts[-1] == SDE.t_eps
     assert (ts[1:] < ts[:-1]).all()
     lam = log_snr(SDE, ts)
     h = lam[1:] - lam[:-1]
     assert torch.allclose(h, h.mean().expand_as(h), rtol=1e-9)
     with pytest.raises(ValueError):
-        log_snr_grid(SDE, 0)
+        time_grid(SDE, 0)
+
+
+def test_other_time_grids():
+    grids = {g: time_grid(SDE, 6, torch.float64, grid=g) for g in GRIDS}
+    for g, ts in grids.items():
+        assert ts[0] == SDE.T and ts[-1] == SDE.t_eps and (ts[1:] < ts[:-1]).all(), g
+    dt = grids["time_uniform"][1:] - grids["time_uniform"][:-1]
+    assert torch.allclose(dt, dt.mean().expand_as(dt), rtol=1e-9)
+    root = grids["time_quadratic"].sqrt()
+    assert torch.allclose(root[1:] - root[:-1], (root[1] - root[0]).expand(6), rtol=1e-9)
+    s = torch.exp(-log_snr(SDE, grids["edm"]) / 7)  # sigma^(1/rho), sigma = e^{-lambda}
+    assert torch.allclose(s[1:] - s[:-1], (s[1] - s[0]).expand(6), rtol=1e-6)
+    assert not torch.allclose(grids["edm"], grids["logsnr"])
+    with pytest.raises(ValueError, match="unknown grid"):
+        time_grid(SDE, 3, grid="cosine")
+
+
+def test_grid_option_reaches_the_samplers():
+    x_T, mu = prior((1, 3, 4, 4))
+    for name in FAST:
+        a, sa = get_sampler(name)(gaussian_denoiser, x_T, mu, SIGMA2, SDE, steps=4)
+        b, sb = get_sampler(name)(gaussian_denoiser, x_T, mu, SIGMA2, SDE, steps=4, grid="time_uniform")
+        assert "grid" not in sa and sb["grid"] == "time_uniform"
+        assert not torch.allclose(a, b), name
+        err = [(get_sampler(name)(gaussian_denoiser, x_T, mu, SIGMA2, SDE, steps=n, grid="time_quadratic")[0]
+                - exact_flow(x_T)).abs().max() for n in (8, 64)]
+        assert err[1] < 0.2 * err[0], (name, err)   # another grid still converges to the flow
 
 
 @pytest.mark.parametrize("name", FAST)

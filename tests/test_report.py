@@ -316,6 +316,7 @@ def test_report_end_to_end(runs, tmp_path):
     pd.DataFrame([{"sampler": "dpmpp_2m-5", "nfe": 5, "lpips": 0.4, "psnr": 20, "ssim": 0.5},
                   {"sampler": "dpmpp_2m-10", "nfe": 10, "lpips": 0.35, "psnr": 21, "ssim": 0.5}]).to_csv(
         results / "samplers/embedded-div2k/ecdp-hybrid-c1.0/seed0.csv", index=False)
+    (results / "samplers/embedded-div2k/ecdp-hybrid-c1.0/per_image_seed0.csv").write_text("not a study\n")
     wf = tmp_path / "wf.yaml"
     wf.write_text(yaml.safe_dump(load_config("default")))
     out = report_cli.report(results, workflow_config=wf, benchmarks_dir=results / "logs/benchmarks",
@@ -338,23 +339,31 @@ def test_report_end_to_end(runs, tmp_path):
 
 
 def test_sampler_table_marks_target_against_reference():
+    base = {"psnr": 25.0, "ssim": 0.7, "n_images": 3, "device": "cpu", "convention": "ecdp"}
     study = pd.DataFrame([
-        {"sampler": "ode-dopri5-tol1e-04", "nfe": 80, "seconds_per_image": 2.0, "lpips": 0.300, "psnr": 25.0,
-         "ssim": 0.7, "psnr_vs_ref": math.nan, "n_images": 3, "device": "cpu", "convention": "ecdp"},
-        {"sampler": "dpmpp_2m-20", "nfe": 20, "seconds_per_image": 0.5, "lpips": 0.3015, "psnr": 25.0,
-         "ssim": 0.7, "psnr_vs_ref": 40.0, "n_images": 3, "device": "cpu", "convention": "ecdp"},
-        {"sampler": "dpmpp_2m-5", "nfe": 5, "seconds_per_image": 0.1, "lpips": 0.310, "psnr": 24.0,
-         "ssim": 0.6, "psnr_vs_ref": 30.0, "n_images": 3, "device": "cpu", "convention": "ecdp"},
-        {"sampler": "heun-20", "nfe": 40, "seconds_per_image": 1.0, "lpips": 0.300, "psnr": 25.0,
-         "ssim": 0.7, "psnr_vs_ref": 45.0, "n_images": 3, "device": "cpu", "convention": "ecdp"},
+        {"sampler": "ode-dopri5-tol1e-04", "nfe": 80, "seconds_per_image": 2.0, "lpips": 0.300, "solver_rmse": 0.5,
+         "accurate": False, **base},
+        {"sampler": "ode-dopri5-tol1e-06", "nfe": 300, "seconds_per_image": 8.0, "lpips": 0.305, "solver_rmse": 0.0,
+         "accurate": True, **base},
+        {"sampler": "dpmpp_2m-20", "nfe": 20, "seconds_per_image": 0.5, "lpips": 0.3015, "solver_rmse": 0.6,
+         "accurate": False, **base},
+        {"sampler": "dpmpp_2m-5", "nfe": 5, "seconds_per_image": 0.1, "lpips": 0.310, "solver_rmse": 0.4,
+         "accurate": False, **base},
+        {"sampler": "heun-20", "nfe": 40, "seconds_per_image": 1.0, "lpips": 0.300, "solver_rmse": 0.1,
+         "accurate": False, **base},
     ])
     t = T.sampler_table(study, grid_context(), source="embedded-div2k")
-    assert [r["meets_target"] for r in t.rows] == [False, True, False, False]   # 5-step: LPIPS; heun: NFE 1/2
-    assert t.rows[1]["nfe_vs_ref"] == pytest.approx(0.25) and t.rows[2]["lpips_minus_ref"] == pytest.approx(0.01)
+    # LPIPS target: 20 steps only (5 steps: LPIPS too far; heun: 1/2 the NFE; the accurate row: 3.75x the NFE)
+    assert [r["meets_target"] for r in t.rows] == [False, False, True, False, False]
+    # error target: 5 steps only (20 steps: error above the reference's 0.5; heun: too many NFE)
+    assert [r["meets_error_target"] for r in t.rows] == [False, False, False, True, False]
+    assert t.rows[2]["nfe_vs_ref"] == pytest.approx(0.25) and t.rows[3]["lpips_minus_ref"] == pytest.approx(0.01)
     md = T.to_markdown(t)
-    assert "(reference)" in md and "✓" in md and "3 test image(s)" in md
-    assert md.count("✓") == 2  # the caption's legend and the one row that meets it
+    assert "(reference)" in md and "(accurate)" in md and "3 test image(s)" in md
+    assert md.count("✓") == 4  # the caption's two legends and the two rows that meet them
     assert "\\checkmark" in T.to_latex(t)
+    old = study.drop(columns=["solver_rmse", "accurate"])  # a study without an accurate row: no error marks
+    assert not any(r["meets_error_target"] or r["accurate"] for r in T.sampler_table(old, grid_context()).rows)
 
 
 def test_report_cli_without_grid(runs, tmp_path, capsys):

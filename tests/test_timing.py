@@ -10,7 +10,7 @@ import torch
 from ecdp import checkpoint as ckpt
 from ecdp.cli import main
 from ecdp.model import ECDP
-from ecdp.timing import photo_lr, sampler_study, time_sampler
+from ecdp.timing import photo_lr, sampler_study, summarize_sampler_study, time_sampler
 
 from ecdp.testing import tiny_config
 
@@ -61,7 +61,22 @@ def test_sampler_study(tiny_ckpt, tiny_data):
                        limit=1, lr_crop=8, device="cpu")
     assert list(df["sampler"]) == ["dpmpp_2m-2", "rk4-1"]
     assert list(df["nfe"]) == [2, 4] and (df["n_images"] == 1).all()
-    assert df[["lpips", "psnr", "ssim", "seconds_per_image"]].notna().all().all()
+    assert df[["lpips", "psnr", "ssim", "seconds_per_image", "solver_rmse"]].notna().all().all()
+    assert list(df["accurate"]) == [True, False] and df["solver_rmse"].iloc[0] == 0
+    assert df["solver_rmse"].iloc[1] > 0      # one RK4 step is not the 2-step solution
+
+
+def test_sampler_study_per_image_and_accurate_row(tiny_ckpt, tiny_data):
+    samplers = [{"name": "dpmpp_2m", "steps": 1}, {"name": "dpmpp_2m", "steps": 3}]
+    images = sampler_study(tiny_ckpt, tiny_data / "tiny4x", samplers, limit=2, lr_crop=8, device="cpu",
+                           per_image=True, accurate=1)
+    assert len(images) == 4 and list(images["accurate"]) == [False, False, True, True]
+    assert (images.loc[images["accurate"], "solver_rmse"] == 0).all()
+    summary = summarize_sampler_study(images)
+    assert list(summary["sampler"]) == ["dpmpp_2m-1", "dpmpp_2m-3"] and list(summary["n_images"]) == [2, 2]
+    assert summary["solver_rmse"].iloc[0] == pytest.approx(images["solver_rmse"].iloc[:2].mean())
+    with pytest.raises(ValueError, match="accurate=2"):
+        sampler_study(tiny_ckpt, tiny_data / "tiny4x", samplers, limit=1, lr_crop=8, device="cpu", accurate=2)
 
 
 def _bench(name, group, median, **extra):

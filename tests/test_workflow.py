@@ -78,6 +78,7 @@ def test_dry_run_default_lists_every_table(tmp_path):
     for target in ("results/timing/embedded-imagenet/ecdp-hybrid-c1.0.csv", "results/timing/embedded-imagenet/sr3.csv",
                    "results/timing/embedded-imagenet/srdiff.csv",
                    "results/samplers/embedded-div2k/ecdp-hybrid-c1.0/seed0.csv",
+                   "results/samplers/embedded-div2k/ecdp-hybrid-c1.0/per_image_seed0.csv",
                    "results/README.md", "results/run_metadata.json", "results/figures"):
         assert target in out
     assert "ecdp-paper-but-ode_tolerance/seed0/train/final.pt" not in out

@@ -110,23 +110,42 @@ def lpips_vs_seconds(runs: pd.DataFrame, out: str | Path, profile_label: str = "
 
 
 def lpips_vs_nfe(samplers: pd.DataFrame, out: str | Path, title: str = "", profile_label: str = "") -> Path | None:
+    """LPIPS against NFE per sampler family; with the study's ``solver_rmse`` a second
+    panel plots the solver error (RMSE to the ODE's solution, log-log: the slopes are the
+    solvers' orders)."""
     import seaborn as sns
 
     if samplers is None or samplers.empty or "nfe" not in samplers:
         return None
     df = samplers.copy()
-    # family = the sampler without its step count / tolerance: dpmpp_2m-10 -> dpmpp_2m, ode-dopri5-tol1e-04 -> ode-dopri5
-    df["family"] = df["sampler"].astype(str).str.replace(r"(-tol[-+.0-9e]+|[-_]\d+)$", "", regex=True)
+    # family = the sampler without its step count / tolerance: dpmpp_2m-10 -> dpmpp_2m,
+    # ode-dopri5-tol1e-04 -> ode-dopri5, dpmpp_2m-10-edm -> dpmpp_2m-edm
+    df["family"] = (df["sampler"].astype(str).str.replace(r"-tol[-+.0-9e]+$", "", regex=True)
+                    .str.replace(r"-\d+(?=-|$)", "", regex=True))
+    # the reverse SDE solves another equation: its distance to the ODE's solution is no solver error
+    errors = (df[(df["solver_rmse"] > 0) & ~df["sampler"].astype(str).str.startswith("reverse")]
+              if "solver_rmse" in df else df.iloc[:0])
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    sns.lineplot(data=df.sort_values("nfe"), x="nfe", y="lpips", hue="family", marker="o", ax=ax, errorbar=None)
+    fig, axes = plt.subplots(1, 2 if len(errors) else 1, figsize=(10.5 if len(errors) else 5.5, 3.8), squeeze=False)
     from matplotlib.ticker import NullFormatter
 
-    ax.set_xscale("log")
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("NFE (network evaluations per image, log)")
-    ax.set_ylabel("LPIPS ↓")
-    ax.set_title(f"LPIPS vs NFE per sampler {title}\n{_subtitle(profile_label)}", fontsize=9)
+    panels = [("lpips", df, "LPIPS ↓", False)]
+    if len(errors):
+        panels.append(("solver_rmse", errors, "solver error (RMSE, 8-bit levels)", True))
+    for ax, (y, data, label, logy) in zip(axes[0], panels):
+        sns.lineplot(data=data.sort_values("nfe"), x="nfe", y=y, hue="family", marker="o", ax=ax, errorbar=None,
+                     hue_order=sorted(df["family"].unique()), legend=ax is axes[0][-1])
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        if logy:
+            ax.set_yscale("log")
+        ax.set_xlabel("NFE (network evaluations per image, log)")
+        ax.set_ylabel(label)
+    if len(errors):
+        axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    what = "LPIPS and solver error (RMSE to the ODE's solution)" if len(errors) else "LPIPS"
+    fig.suptitle(f"{what} vs NFE per sampler {title}\n{_subtitle(profile_label)}", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
     return _save(fig, Path(out))
 
 

@@ -451,42 +451,56 @@ SAMPLER_TARGET = {"lpips": 0.002, "nfe_ratio": 0.25}   # issue 6: within 0.002 L
 def sampler_table(study: pd.DataFrame, ctx: Context, name: str = "samplers", source: str = "") -> Table:
     """The sampler study (``ecdp.timing.sampler_study``) of one model: quality against cost.
 
-    The first row is the reference (the study's most accurate solver, dopri5 at
-    atol = rtol = 1e-4 in the shipped configs); ``nfe_vs_ref`` and ``lpips_minus_ref``
-    compare every sampler with it, and ``meets_target`` marks samplers within
-    ``SAMPLER_TARGET["lpips"]`` LPIPS of it with at most ``SAMPLER_TARGET["nfe_ratio"]``
-    of its NFE."""
+    The first row is the reference, the paper's solver (dopri5 at atol = rtol = 1e-4 in
+    the shipped configs); ``nfe_vs_ref`` and ``lpips_minus_ref`` compare every sampler
+    with it.  Two marks, both at most ``SAMPLER_TARGET["nfe_ratio"]`` of its NFE:
+    ``meets_target`` (issue 6's target as stated) for an LPIPS within
+    ``SAMPLER_TARGET["lpips"]`` of the reference's, ``meets_error_target`` for a solver
+    error (``solver_rmse``: RMSE to the row the study marks ``accurate``, the ODE's
+    solution) no larger than the reference's own."""
     rows = []
     ref = study.iloc[0] if len(study) else None
     for i, r in enumerate(study.to_dict("records")):
         row = {k: r.get(k) for k in ("sampler", "options", "nfe", "seconds_per_image", "lpips", "psnr", "ssim",
-                                     "psnr_vs_ref", "lpips_vs_ref", "n_images", "device", "convention")}
+                                     "solver_rmse", "psnr_vs_accurate", "lpips_vs_accurate", "n_images", "device",
+                                     "convention")}
+        row["accurate"] = r.get("accurate") in (True, "True")
         row["nfe_vs_ref"] = _num(r.get("nfe")) / _num(ref.get("nfe")) if _num(ref.get("nfe")) else math.nan
         row["lpips_minus_ref"] = _num(r.get("lpips")) - _num(ref.get("lpips"))
         row["reference"] = i == 0
-        row["meets_target"] = (i > 0 and row["nfe_vs_ref"] <= SAMPLER_TARGET["nfe_ratio"]
-                               and abs(row["lpips_minus_ref"]) <= SAMPLER_TARGET["lpips"])
+        fast = i > 0 and row["nfe_vs_ref"] <= SAMPLER_TARGET["nfe_ratio"]
+        row["meets_target"] = fast and abs(row["lpips_minus_ref"]) <= SAMPLER_TARGET["lpips"]
+        row["meets_error_target"] = fast and _num(r.get("solver_rmse")) <= _num(ref.get("solver_rmse"))
         rows.append(row)
     columns = ["sampler", "options", "nfe", "nfe_vs_ref", "seconds_per_image", "lpips", "lpips_minus_ref", "psnr",
-               "ssim", "psnr_vs_ref", "lpips_vs_ref", "n_images", "device", "reference", "meets_target"]
+               "ssim", "solver_rmse", "psnr_vs_accurate", "lpips_vs_accurate", "n_images", "device", "reference",
+               "accurate", "meets_target", "meets_error_target"]
     display = [("Sampler", "sampler"), ("NFE", "nfe"), ("NFE / ref", "nfe_vs_ref"), ("s / image", "seconds_per_image"),
                ("LPIPS ↓", "lpips"), ("ΔLPIPS vs ref", "lpips_minus_ref"), ("PSNR ↑", "psnr"), ("SSIM ↑", "ssim"),
-               ("PSNR vs ref SR", "psnr_vs_ref"), ("Target", "l_quality_mark")]
-    formats = {"sampler": lambda row: row["sampler"] + (" (reference)" if row["reference"] else ""),
+               ("Solver error", "solver_rmse"), ("Target: LPIPS", "l_quality_mark"),
+               ("Target: error", "l_error_mark")]
+
+    def label(row):
+        tags = [t for t, on in (("reference", row["reference"]), ("accurate", row["accurate"])) if on]
+        return row["sampler"] + (f" ({', '.join(tags)})" if tags else "")
+
+    formats = {"sampler": label,
                "nfe": lambda row: _fmt(row["nfe"], 0), "nfe_vs_ref": lambda row: _fmt(row["nfe_vs_ref"], 2),
                "seconds_per_image": lambda row: _fmt(row["seconds_per_image"], 3),
                "lpips": lambda row: _fmt(row["lpips"], 4), "lpips_minus_ref": lambda row: f"{row['lpips_minus_ref']:+.4f}",
                "psnr": lambda row: _fmt(row["psnr"], 2), "ssim": lambda row: _fmt(row["ssim"], 3),
-               "psnr_vs_ref": lambda row: "" if row["reference"] else _fmt(row["psnr_vs_ref"], 1),
-               "l_quality_mark": lambda row: "✓" if row["meets_target"] else ""}
+               "solver_rmse": lambda row: "" if row["accurate"] else _fmt(row["solver_rmse"], 2),
+               "l_quality_mark": lambda row: "✓" if row["meets_target"] else "",
+               "l_error_mark": lambda row: "✓" if row["meets_error_target"] else ""}
     idx = list(range(len(rows)))
     n = _num(rows[0].get("n_images")) if rows else math.nan
     n = "?" if math.isnan(n) else int(n)
     extra = (f" {source}: {n} test image(s), the same x(T) for every sampler; seconds on "
-             f"{rows[0]['device'] if rows else '?'}. Reference: the first row. Target ✓: LPIPS within "
-             f"{SAMPLER_TARGET['lpips']} of the reference with at most {SAMPLER_TARGET['nfe_ratio']:g} of its NFE. "
-             "PSNR vs ref SR: PSNR of each sampler's image against the reference sampler's (solver error). "
-             "Bold: best LPIPS.")
+             f"{rows[0]['device'] if rows else '?'}. Reference: the first row. Solver error: RMSE, in 8-bit levels, "
+             "of each sampler's (unquantized) image against the accurate row's, the ODE's solution for the same "
+             f"x(T). Both targets need at most {SAMPLER_TARGET['nfe_ratio']:g} of the reference's NFE; "
+             f"Target: LPIPS ✓ (as stated in issue 6): LPIPS within {SAMPLER_TARGET['lpips']} of the reference's; "
+             "Target: error ✓: a solver error no larger than the reference's own. Bold: best LPIPS.")
     cap = _caption("Quality against cost of ECDP's samplers on one trained model", ctx, None,
                    "convention " + str(rows[0].get("convention", "ecdp")) if rows else "", extra)
     return Table(name, cap, columns, rows, display, [idx], {"lpips": _best(rows, idx, "lpips", False, 4)}, formats)

@@ -77,7 +77,8 @@ if SAM:
             data=lambda wc: f"{DATA}/{wc.dataset}/.complete",
             weights=WEIGHTS_OK,
         output:
-            f"{RESULTS}/samplers/{{dataset}}/{{variant}}/seed{{seed}}.csv",
+            summary=f"{RESULTS}/samplers/{{dataset}}/{{variant}}/seed{{seed}}.csv",
+            per_image=f"{RESULTS}/samplers/{{dataset}}/{{variant}}/per_image_seed{{seed}}.csv",
         log:
             f"{RESULTS}/logs/samplers/{{dataset}}/{{variant}}/seed{{seed}}.log",
         benchmark:
@@ -91,6 +92,7 @@ if SAM:
             samplers=SAM["samplers"],
             limit=SAM.get("limit"),
             lr_crop=SAM.get("lr_crop"),
+            accurate=SAM.get("accurate"),
             convention=config["evaluation"]["convention"],
             device=DEVICE,
         script:

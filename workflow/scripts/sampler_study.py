@@ -7,15 +7,19 @@ import os
 import torch
 
 from ecdp.evaluation import atomic_write_text
-from ecdp.timing import sampler_study
+from ecdp.timing import sampler_study, summarize_sampler_study
 
 sm = snakemake  # noqa: F821
 torch.set_num_threads(sm.threads)
 with open(sm.log[0], "w") as log:
-    df = sampler_study(sm.input.model, os.path.dirname(sm.input.data), [dict(s) for s in sm.params.samplers],
-                       limit=sm.params.limit, lr_crop=sm.params.lr_crop, seed=int(sm.wildcards.seed),
-                       convention=sm.params.convention, device=sm.params.device)
-    df.insert(0, "variant", sm.wildcards.variant)
-    df.insert(0, "dataset", sm.wildcards.dataset)
+    images = sampler_study(sm.input.model, os.path.dirname(sm.input.data), [dict(s) for s in sm.params.samplers],
+                           limit=sm.params.limit, lr_crop=sm.params.lr_crop, seed=int(sm.wildcards.seed),
+                           convention=sm.params.convention, device=sm.params.device, per_image=True,
+                           accurate=sm.params.accurate)
+    df = summarize_sampler_study(images)
+    for frame in (images, df):
+        frame.insert(0, "variant", sm.wildcards.variant)
+        frame.insert(0, "dataset", sm.wildcards.dataset)
     log.write(df.to_string() + "\n")
-atomic_write_text(sm.output[0], df.to_csv(index=False))
+atomic_write_text(sm.output.per_image, images.to_csv(index=False))
+atomic_write_text(sm.output.summary, df.to_csv(index=False))
