@@ -58,7 +58,6 @@ ENV = "../envs/ecdp.yaml"  # relative to workflow/rules/
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
 if config["weights"].get("dir"):
     os.environ["ECDP_WEIGHTS_DIR"] = os.path.abspath(os.path.expanduser(config["weights"]["dir"]))
-ECDP = "python -m ecdp.cli"
 
 
 def threads_for(rule):
