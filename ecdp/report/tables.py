@@ -477,8 +477,8 @@ def sampler_table(study: pd.DataFrame, ctx: Context, name: str = "samplers", sou
                "accurate", "meets_target", "meets_error_target"]
     display = [("Sampler", "sampler"), ("NFE", "nfe"), ("NFE / ref", "nfe_vs_ref"), ("s / image", "seconds_per_image"),
                ("LPIPS ↓", "lpips"), ("ΔLPIPS vs ref", "lpips_minus_ref"), ("PSNR ↑", "psnr"), ("SSIM ↑", "ssim"),
-               ("Solver error", "solver_rmse"), ("Target: LPIPS", "l_quality_mark"),
-               ("Target: error", "l_error_mark")]
+               ("Solver error", "solver_rmse"), ("Target: LPIPS", "target_mark"),
+               ("Target: error", "error_target_mark")]
 
     def label(row):
         tags = [t for t, on in (("reference", row["reference"]), ("accurate", row["accurate"])) if on]
@@ -490,8 +490,8 @@ def sampler_table(study: pd.DataFrame, ctx: Context, name: str = "samplers", sou
                "lpips": lambda row: _fmt(row["lpips"], 4), "lpips_minus_ref": lambda row: f"{row['lpips_minus_ref']:+.4f}",
                "psnr": lambda row: _fmt(row["psnr"], 2), "ssim": lambda row: _fmt(row["ssim"], 3),
                "solver_rmse": lambda row: "" if row["accurate"] else _fmt(row["solver_rmse"], 2),
-               "l_quality_mark": lambda row: "✓" if row["meets_target"] else "",
-               "l_error_mark": lambda row: "✓" if row["meets_error_target"] else ""}
+               "target_mark": lambda row: "✓" if row["meets_target"] else "",
+               "error_target_mark": lambda row: "✓" if row["meets_error_target"] else ""}
     idx = list(range(len(rows)))
     n = _num(rows[0].get("n_images")) if rows else math.nan
     n = "?" if math.isnan(n) else int(n)
@@ -544,7 +544,8 @@ def _cell(table: Table, i: int, key: str) -> str:
 
 
 _TEXT_KEYS = {"label", "note", "setting", "config_path", "sampler", "device", "dataset", "paper_value",
-              "released_value", "l_quality_mark", "hr_size"}
+              "released_value", "l_quality_mark", "target_mark",
+              "error_target_mark", "hr_size"}
 
 
 def to_latex(table: Table) -> str:
