@@ -283,10 +283,11 @@ def sampler_study(method, dataset_root: str | os.PathLike, samplers: list[dict],
             sampler_call(method, images[0][0][None].to(dev), samplers[0], seed)()
     order = list(range(len(samplers)))
     if accurate is not None:  # the accurate solver runs first so the others can be compared with it
-        if not 0 <= int(accurate) < len(samplers):
+        accurate = int(accurate)
+        if not 0 <= accurate < len(samplers):
             raise ValueError(f"accurate={accurate} is not an index of the {len(samplers)} samplers")
-        order.remove(int(accurate))
-        order.insert(0, int(accurate))
+        order.remove(accurate)
+        order.insert(0, accurate)
     exact: dict = {}
     for k in order:
         opts = dict(samplers[k])
@@ -298,12 +299,12 @@ def sampler_study(method, dataset_root: str | os.PathLike, samplers: list[dict],
                 seconds = time.perf_counter() - t0
             sr = sr[0].cpu()
             m = score(sr, hr, convention=convention, scale=scale)
-            if accurate is not None and k == int(accurate):
+            if k == accurate:
                 exact[i] = sr
             vs = score(sr, exact[i], convention=convention, scale=scale) if i in exact else {}
             rmse = 255 * float((sr.double() - exact[i].double()).pow(2).mean().sqrt()) if i in exact else math.nan
             rows.append({"k": k, "sampler": _sampler_label(stats, opts), "options": json.dumps(opts, sort_keys=True),
-                         "accurate": accurate is not None and k == int(accurate), "image": stem,
+                         "accurate": k == accurate, "image": stem,
                          "nfe": int(stats.get("nfe", -1)), "seconds_per_image": seconds,
                          "lpips": m["lpips"], "psnr": m["psnr"], "ssim": m["ssim"], "solver_rmse": rmse,
                          "psnr_vs_accurate": vs.get("psnr", math.nan), "lpips_vs_accurate": vs.get("lpips", math.nan),
