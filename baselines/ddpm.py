@@ -64,8 +64,8 @@ def cosine_alpha_bar(t: Tensor, T: int, s: float = 0.008) -> Tensor:
 def cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
     """``beta_t = min(1 - alpha_bar(t) / alpha_bar(t - 1), max_beta)``, t = 1 .. T.
 
-    SRDiff's code evaluates the same formula on the grid ``linspace(0, T+1, T+1)``
-    (a 1% time stretch at T = 100); we use Nichol & Dhariwal's grid t = 0 .. T.
+    SRDiff's code evaluates it on ``linspace(0, T+1, T+1) / (T+1)``, which is the same
+    grid k/T (k = 0 .. T) written differently (equal to 6e-15 at T = 100).
     """
     ab = cosine_alpha_bar(torch.arange(T + 1, dtype=torch.float64), T, s)
     return (1 - ab[1:] / ab[:-1]).clamp(max=max_beta)
@@ -280,8 +280,8 @@ def sample(eps_fn: EpsFn, s: Schedule, x_T: Tensor, *, method: str = "ancestral"
 # ------------------------------------------------------ method scaffolding
 # Keys of ECDP's sampler sections that the resolved config always carries (defaults,
 # protocol presets); a DDPM sampler ignores them.  ``name: ode`` there means "not set".
-_ECDP_SAMPLER_KEYS = {"method", "atol", "rtol", "adjoint", "step_size"}
-_ECDP_SAMPLER_NAMES = {"ode", "reverse_sde"}
+_ECDP_SAMPLER_KEYS = {"method", "atol", "rtol", "adjoint", "step_size", "state", "stop"}
+_ECDP_SAMPLER_NAMES = {"ode", "reverse_sde", "ddpm_chain"}
 SAMPLER_KEYS = {"name", "steps", "eta", "clip_denoised", "variance", "checkpoint", "schedule"}
 
 
@@ -307,6 +307,10 @@ class DiscreteDiffusionSR(nn.Module):
     """
 
     stage_kinds = ("score", "quality")
+    #: The reference trainers' settings, in place of ECDP's (``ecdp.config.resolve``):
+    #: LeiaLi/SRDiff and Janspiry's SR3 keep no EMA, clip no gradients (SRDiff's
+    #: ``clip_grad_norm`` is never read) and have no warm-up.
+    TRAIN_DEFAULTS = {"ema_decay": 0.0, "clip": None, "warmup": 0}
 
     def __init__(self, cfg: dict, meta: dict):
         super().__init__()

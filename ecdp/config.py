@@ -33,10 +33,16 @@ DEFAULTS: dict = {
     "protocol": "paper",
     "seed": 0,
     "data": {"dataset": "div2k", "root": "data", "patch": 160, "workers": 2},
-    "model": {"arch": "div2k", "nf": 64, "gc": 32},
+    # rrdb_head: the RRDB pretraining network, `released` (head on the last block) or `esrgan`
+    "model": {"arch": "div2k", "nf": 64, "gc": 32, "rrdb_head": "released"},
     "sde": {"beta_min": 0.1, "beta_max": 20.0, "t_eps": 1.0 / 3000.0},
     "parametrization": {"kind": "hybrid", "c": 1.0, "heads": "both"},
-    "sampler": {"name": "ode", "method": "dopri5"},
+    # state: what dopri5 integrates (atol / rtol are relative to it): the normalised image
+    # z = (x - mu) / sigma as the released code (z = 5 (x - bicubic)), or `pixel`
+    "sampler": {"name": "ode", "method": "dopri5", "state": "normalized"},
+    # eq. 16 as a squared norm: summed over C, H, W per sample, batch mean (released);
+    # `mean` per element is the alternative (see README, "Loss reduction")
+    "loss": {"reduction": "sum"},
     "quality": {"weight": 0.5, "feature_net": "auto"},
     # Stages run in order; lengths/lrs/batches: the released DF2K recipe
     # (official_code_notes.md "Training recipe"); the paper gives none of them.
@@ -52,7 +58,9 @@ DEFAULTS: dict = {
              "milestones": [32250, 43000, 48375]},
             {"name": "score", "kind": "score", "steps": 107500, "batch": 16, "lr": 1e-4, "encoder_lr": 1e-5,
              "milestones": [64500, 86000]},
-            {"name": "quality", "kind": "quality", "steps": 1000, "batch": 12, "lr": 1e-5, "encoder_lr": 1e-5},
+            # released fine-tune: lr_warmup_steps 1 (no warm-up)
+            {"name": "quality", "kind": "quality", "steps": 1000, "batch": 12, "lr": 1e-5, "encoder_lr": 1e-5,
+             "warmup": 1},
         ],
     },
 }
@@ -64,14 +72,16 @@ PROTOCOLS: dict = {
         "sampler": {"atol": 1e-4, "rtol": 1e-4},          # "absolute and relative error tolerance of 1e-4"
         "sde": {"sigma": "empirical", "mu_kernel": "matlab"},  # empirical Var[x - mu(y)]; "bicubic interpolation"
         "quality": {"mode": "add", "init_from_ema": False,     # "then add our image quality loss"
-                    "sampler": {"name": "ode", "method": "dopri5", "atol": 1e-4, "rtol": 1e-4, "adjoint": True}},
+                    "sampler": {"name": "ode", "method": "dopri5", "atol": 1e-4, "rtol": 1e-4, "adjoint": True,
+                                "state": "normalized"}},
         "celeba_blocks": [3, 3, 3, 3],                       # Table 6
     },
     "official": {
         "sampler": {"atol": 1e-3, "rtol": 1e-3},
         "sde": {"sigma": 0.2, "mu_kernel": "torch"},
         "quality": {"mode": "only", "init_from_ema": True, "ema_decay": 0.9,
-                    "sampler": {"name": "ode", "method": "dopri5", "atol": 1e-3, "rtol": 1e-3, "adjoint": True}},
+                    "sampler": {"name": "ode", "method": "dopri5", "atol": 1e-3, "rtol": 1e-3, "adjoint": True,
+                                "state": "normalized"}},
         "celeba_blocks": [2, 2, 2, 2],                       # hard-coded in the released U-Net
     },
 }
@@ -86,6 +96,15 @@ DISCREPANCIES = {
                       {"mode": "only", "init_from_ema": True, "ema_decay": 0.9}),
     "celeba_blocks": ("model.blocks", [3, 3, 3, 3], [2, 2, 2, 2]),
 }
+
+
+def method_train_defaults(name: str) -> dict:
+    """A baseline's own ``train`` defaults (its class's ``TRAIN_DEFAULTS``: EMA, clipping,
+    warm-up of its reference trainer), which replace ECDP's; ``{}`` for ECDP."""
+    if name == "ecdp":
+        return {}
+    from .registry import method_class  # late: registry imports this module
+    return copy.deepcopy(getattr(method_class(name), "TRAIN_DEFAULTS", {}))
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -113,6 +132,8 @@ def resolve(user: dict) -> dict:
     elif arch != "custom":
         raise ValueError(f"model.arch must be one of {sorted(ARCHS) + ['custom']}, got {arch!r}")
     cfg = deep_merge(cfg, preset)
+    if user.get("method", "ecdp") != "ecdp":
+        cfg = deep_merge(cfg, {"train": method_train_defaults(user.get("method", "ecdp"))})
     cfg = deep_merge(cfg, user)
     if cfg["method"] == "ecdp" and cfg["parametrization"]["kind"] not in ("eps", "x0", "hybrid"):
         raise ValueError(f"parametrization.kind must be eps, x0 or hybrid, got {cfg['parametrization']['kind']!r}")

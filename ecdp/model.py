@@ -12,8 +12,10 @@ Images are [0, 1] RGB at the interface.
 
 Stages (set by the training loop through :meth:`set_stage`):
 
-* ``pretrain``: the RRDB encoder trained as RRDBNet with an L1 regression loss;
-* ``score``: eq. 16 (score matching with both heads);
+* ``pretrain``: the RRDB encoder trained as the released RRDBNet with an L1 regression
+  loss (summed per sample like eq. 16, config ``loss.reduction``);
+* ``score``: eq. 16 (score matching with both heads; ``loss.reduction: sum`` (default,
+  released) or ``mean``);
 * ``quality``: eq. 19 on a probability-flow sample drawn with ``odeint_adjoint``
   (or reverse-SDE sampling for the "without prob. flow" ablation), either *added* to
   eq. 16 (paper: "we use only the standard score matching loss in early stages of
@@ -30,8 +32,8 @@ import torch.nn.functional as F
 
 from .imresize import bicubic_upsample
 from .losses import build_quality_loss
-from .nets import RRDBNet, UNet
-from .parametrization import Parametrization, score_matching_loss
+from .nets import RRDB_HEADS, UNet
+from .parametrization import Parametrization, reduce_loss, score_matching_loss
 from .sampling import get_sampler
 from .sde import ConditionalVPSDE
 
@@ -54,9 +56,14 @@ class ECDP(nn.Module):
         self.sde = ConditionalVPSDE(s["beta_min"], s["beta_max"], 1.0, s["t_eps"])
         self.param = Parametrization(cfg["parametrization"]["kind"], float(cfg["parametrization"]["c"]))
         self.heads = cfg["parametrization"].get("heads", "both")
+        self.reduction = (cfg.get("loss") or {}).get("reduction", "sum")
         self.mu_kernel = s["mu_kernel"]
         self.register_buffer("sigma2", torch.tensor(float(sigma2)))
-        self.rrdb = RRDBNet(self.scale, m["rrdb_blocks"], m["nf"], m["gc"], m.get("rrdb_taps"))
+        head = m.get("rrdb_head", "released")
+        if head not in RRDB_HEADS:
+            raise ValueError(f"model.rrdb_head must be one of {sorted(RRDB_HEADS)}, got {head!r}")
+        kw = {} if head == "released" else {"init": "released"}
+        self.rrdb = RRDB_HEADS[head](self.scale, m["rrdb_blocks"], m["nf"], m["gc"], m.get("rrdb_taps"), **kw)
         self.unet = UNet(m["channels"], m["blocks"], cond_channels=self.rrdb.encoder.out_channels)
         self.stage = "score"
         self._quality = []  # built lazily; kept out of the state dict
@@ -114,11 +121,12 @@ class ECDP(nn.Module):
         x_t = self.sde.perturb(hr, mu, self.sigma2, t, eps)
         sigma = self.sigma2.sqrt()
         out = self.unet((x_t - mu) / sigma, t, cond)
-        return score_matching_loss(out[:, :3], out[:, 3:], eps, (hr - mu) / sigma, self.heads, self.param.kind)
+        return score_matching_loss(out[:, :3], out[:, 3:], eps, (hr - mu) / sigma, self.heads, self.param.kind,
+                                   self.reduction)
 
     def training_losses(self, hr: Tensor, lr: Tensor) -> dict[str, Tensor]:
         if self.stage == "pretrain":
-            return {"l1": (self.rrdb(lr) - hr).abs().mean()}
+            return {"l1": reduce_loss((self.rrdb(lr) - hr).abs(), self.reduction)}
         mu, cond = self.mu(lr), self.encoder(lr)
         losses = {}
         if self.stage == "score" or self.cfg["quality"].get("mode", "add") == "add":

@@ -66,20 +66,38 @@ def score_to_x0(sde: ConditionalVPSDE, x: Tensor, mu: Tensor, sigma2, t: Tensor,
     return mu + (x - mu + var * score) / _bc(sde.alpha(t).sqrt(), x)
 
 
-def score_matching_loss(eps_hat: Tensor, x0_hat: Tensor, eps: Tensor, x0: Tensor,
-                        heads: str = "both", kind: str = "hybrid") -> Tensor:
-    """Eq. 16: ||eps_hat - eps||^2 + ||x0_hat - x||^2 as per-element means, summed 1:1.
+#: Loss reductions: ``sum`` over C, H, W per sample then the batch mean (eq. 16's squared
+#: norm, the released code), or ``mean`` over every element (1/(C H W) of it).
+REDUCTIONS = ("sum", "mean")
 
-    The two head losses are added (not averaged), as in the released code; each is the
-    mean over elements, so the scale does not depend on the crop size.
+
+def reduce_loss(err: Tensor, reduction: str = "sum") -> Tensor:
+    """Per-element errors (B, ...) -> a scalar: ``sum`` over all but the batch dimension,
+    then the batch mean (released code), or the ``mean`` over every element."""
+    if reduction == "sum":
+        return err.flatten(1).sum(1).mean()
+    if reduction == "mean":
+        return err.mean()
+    raise ValueError(f"loss reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def score_matching_loss(eps_hat: Tensor, x0_hat: Tensor, eps: Tensor, x0: Tensor,
+                        heads: str = "both", kind: str = "hybrid", reduction: str = "sum") -> Tensor:
+    """Eq. 16: ||eps_hat - eps||^2 + ||x0_hat - x||^2, the two heads summed 1:1.
+
+    Eq. 16 is the expectation of a squared norm: by default (``reduction="sum"``, the
+    released code) each head's squared error is summed over C, H, W per sample and
+    averaged over the batch; ``reduction="mean"`` divides both by C*H*W (then the loss
+    does not depend on the crop size, but gradient value clipping, Adam's eps and the
+    weight of an added quality loss all see a C*H*W times smaller gradient).
 
     Both heads are trained for every parametrization by default (eq. 16 and the released
     code); ``heads="used"`` trains only the head(s) the parametrization samples with
     (eps-only or x0-only ablation variants).  Tensors are in the network's normalised
     space (see :class:`ecdp.model.ECDP`).
     """
-    l_eps = (eps_hat - eps).pow(2).mean()
-    l_x0 = (x0_hat - x0).pow(2).mean()
+    l_eps = reduce_loss((eps_hat - eps).pow(2), reduction)
+    l_x0 = reduce_loss((x0_hat - x0).pow(2), reduction)
     if heads == "used" and kind == "eps":
         return l_eps
     if heads == "used" and kind == "x0":

@@ -31,12 +31,16 @@ def resolve_sigma2(cfg: dict, meta: dict) -> float:
     return float(sigma) ** 2
 
 
-def build_method(cfg: dict, meta: dict) -> nn.Module:
-    name = cfg["method"]
+def method_class(name: str):
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose from {sorted(METHODS)}")
     module, _, cls = METHODS[name].partition(":")
-    klass = getattr(importlib.import_module(module), cls)
+    return getattr(importlib.import_module(module), cls)
+
+
+def build_method(cfg: dict, meta: dict) -> nn.Module:
+    name = cfg["method"]
+    klass = method_class(name)
     if name == "ecdp":
         return klass(cfg, resolve_sigma2(cfg, meta), int(meta["scale"]))
     return klass(cfg, meta)

@@ -16,7 +16,8 @@ so the probability-flow ODE (eq. 13) reads
 ``sde.t_eps`` (1/3000, the released code's end point; no final denoising jump).
 
 Samplers (``SAMPLERS``): ``ode`` (torchdiffeq, the paper's adaptive dopri5),
-``reverse_sde`` (Euler-Maruyama), and fixed-step probability-flow samplers with
+``ddpm_chain`` (the released ancestral chain of the "without probability flow"
+ablation), ``reverse_sde`` (Euler-Maruyama), and fixed-step probability-flow samplers with
 ``steps`` intervals, uniform in log-SNR unless ``grid`` says otherwise (:func:`time_grid`):
 ``dpmpp_1`` and ``dpmpp_2m`` (exponential
 integrators of eq. 13 in data prediction, derived below; N NFE), ``heun`` (2N NFE)
@@ -51,55 +52,114 @@ class _Counter:
 
 
 class ProbabilityFlow(torch.nn.Module):
-    """Right-hand side of eq. 13 as an ``nn.Module`` (what ``odeint_adjoint`` wants)."""
+    """Right-hand side of eq. 13 as an ``nn.Module`` (what ``odeint_adjoint`` wants).
 
-    def __init__(self, denoiser: Denoiser, mu: Tensor, sigma2, sde: ConditionalVPSDE):
+    ``state="normalized"`` (default, the released code) integrates
+    ``z = (x - mu) / sigma``: ``dz/dt = f(mu + sigma z, t) / sigma``, so a tolerance is
+    relative to z; ``state="pixel"`` integrates x itself (``scale = 1``, ``shift = 0``).
+    """
+
+    def __init__(self, denoiser: Denoiser, mu: Tensor, sigma2, sde: ConditionalVPSDE, state: str = "normalized"):
         super().__init__()
+        if state not in STATES:
+            raise ValueError(f"sampler state must be one of {STATES}, got {state!r}")
         self.denoiser, self.mu, self.sigma2, self.sde = _Counter(denoiser), mu, sigma2, sde
+        if state == "normalized":
+            self.shift, self.scale = mu, _bc(torch.as_tensor(sigma2, dtype=mu.dtype, device=mu.device), mu).sqrt()
+        else:
+            self.shift, self.scale = 0.0, 1.0
 
     @property
     def nfe(self) -> int:
         return self.denoiser.nfe
 
-    def forward(self, t: Tensor, x: Tensor) -> Tensor:
-        # Adaptive torchdiffeq solvers probe and step past the end point and interpolate
-        # back; beyond [t_eps, T] alpha(t) > 1 makes sigma_hat^2 negative.  Extending the
-        # drift constantly in t outside the interval leaves the solution on it unchanged.
+    def to_state(self, x: Tensor) -> Tensor:
+        return (x - self.shift) / self.scale
+
+    def from_state(self, z: Tensor) -> Tensor:
+        return self.shift + self.scale * z
+
+    def forward(self, t: Tensor, z: Tensor) -> Tensor:
+        # Every accepted step ends on [t_eps, T] (``jump_t`` in :func:`sample_ode`), but
+        # dopri5's initial-step probe may evaluate beyond it, where alpha(t) > 1 would make
+        # sigma_hat^2 negative; the clamp extends the drift constantly there.
+        x = self.from_state(z)
         tb = t.clamp(self.sde.t_eps, self.sde.T).expand(x.shape[0])
         d = self.denoiser(x, tb)
         score = score_from_denoised(self.sde, x, self.mu, self.sigma2, tb, d)
-        return self.sde.ode_drift(x, self.mu, self.sigma2, tb, score)
+        return self.sde.ode_drift(x, self.mu, self.sigma2, tb, score) / self.scale
+
+
+#: ODE states of :func:`sample_ode` (``state`` option); ``normalized`` is the default.
+STATES = ("normalized", "pixel")
 
 
 def sample_ode(denoiser: Denoiser, x_T: Tensor, mu: Tensor, sigma2, sde: ConditionalVPSDE, *,
                method: str = "dopri5", atol: float = 1e-4, rtol: float = 1e-4, step_size: float | None = None,
-               adjoint: bool = False, adjoint_params=None, adjoint_seminorm: bool = True,
+               state: str = "normalized", adjoint: bool = False, adjoint_params=None, adjoint_seminorm: bool = True,
                t_end: float | None = None, generator=None, **_) -> tuple[Tensor, dict]:
     """Probability-flow sampling (eq. 13) with a torchdiffeq solver, from t = T to t_eps.
 
     Paper: "a standard Runge-Kutta ODE solver with absolute and relative error
-    tolerance of 1e-4" (dopri5); the released code uses 1e-3.  ``adjoint=True``
-    integrates with ``odeint_adjoint`` (memory O(1) in the number of steps, used by the
-    image-quality loss, eq. 19); ``adjoint_params`` are the tensors it differentiates
-    (the released code: U-Net parameters only); ``adjoint_seminorm`` leaves the
-    parameter-gradient channels out of the backward solve's error control (Kidger et
-    al. 2021, torchdiffeq's ``norm="seminorm"``), which cuts its NFE several-fold at the
-    same state accuracy.  Fixed-step methods (``euler``,
+    tolerance of 1e-4" (dopri5); the released code uses 1e-3.
+
+    End point: adaptive solvers get both ends as torchdiffeq's ``jump_t`` (the released
+    code's ``generate()``), so the last accepted step lands exactly on t_eps (forward)
+    and on T (the adjoint's backward solve) and the value returned there is an
+    error-controlled step, not the interpolant of a step that overshot it.  ``jump_t`` re-evaluates the drift at the end point: one NFE more than
+    a plain step, as in the released code.
+
+    ``state``: what the solver integrates, hence what ``atol`` / ``rtol`` are relative
+    to.  ``normalized`` (default; the released code's ``z = 5 (x - bicubic(y))``):
+    ``z = (x - mu) / sigma``; ``pixel``: x in [0, 1] units, 1/sigma times looser at the
+    same tolerance.  The paper does not say which.  The fixed-step samplers below are
+    affine-equivariant, so the state does not change them.
+
+    ``adjoint=True`` integrates with ``odeint_adjoint`` (memory O(1) in the number of
+    steps, used by the image-quality loss, eq. 19); ``adjoint_params`` are the tensors it
+    differentiates (the released code: U-Net parameters only); ``adjoint_seminorm``
+    leaves the parameter-gradient channels out of the backward solve's error control
+    (Kidger et al. 2021, torchdiffeq's ``norm="seminorm"``), which cuts its NFE
+    several-fold at the same state accuracy.  Fixed-step methods (``euler``,
     ``midpoint``, ``rk4``) take ``step_size``.  ``t_end`` stops early (default ``sde.t_eps``).
     """
-    func = ProbabilityFlow(denoiser, mu, sigma2, sde)
+    func = ProbabilityFlow(denoiser, mu, sigma2, sde, state)
     ts = torch.tensor([sde.T, sde.t_eps if t_end is None else t_end], dtype=x_T.dtype, device=x_T.device)
-    options = {"step_size": step_size} if step_size is not None else None
+    if step_size is not None:
+        options = {"step_size": step_size}
+    elif method in _TORCHDIFFEQ_ADAPTIVE:
+        options = {"jump_t": ts.clone()}
+    else:
+        options = None
+    z_T = func.to_state(x_T)
     if adjoint:
         params = tuple(adjoint_params) if adjoint_params is not None else ()
         adjoint_options = dict(options or {})
         if adjoint_seminorm and step_size is None:
             adjoint_options["norm"] = "seminorm"
-        out = odeint_adjoint(func, x_T, ts, method=method, atol=atol, rtol=rtol, options=options,
+        out = odeint_adjoint(func, z_T, ts, method=method, atol=atol, rtol=rtol, options=options,
                              adjoint_params=params, adjoint_options=adjoint_options or None)
     else:
-        out = odeint(func, x_T, ts, method=method, atol=atol, rtol=rtol, options=options)
-    return out[-1], {"nfe": func.nfe, "sampler": f"ode-{method}", "atol": atol, "rtol": rtol}
+        out = odeint(func, z_T, ts, method=method, atol=atol, rtol=rtol, options=options)
+    stats = {"nfe": func.nfe, "sampler": f"ode-{method}", "atol": atol, "rtol": rtol, "state": state}
+    return func.from_state(out[-1]), stats
+
+
+#: torchdiffeq's adaptive Runge-Kutta solvers (they accept ``jump_t``).
+_TORCHDIFFEQ_ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+
+
+def _chain(step, x: Tensor, steps: int, noise_at, checkpoint: bool) -> Tensor:
+    """Run ``x = step(x, i, z_i)`` for ``i < steps``; ``z_i = noise_at(i)`` is drawn from the
+    generator step by step (never all up front), outside the checkpointed step so that
+    recomputation in the backward pass reuses it."""
+    for i in range(steps):
+        z = noise_at(i)
+        if checkpoint and torch.is_grad_enabled():
+            x = torch.utils.checkpoint.checkpoint(step, x, i, z, use_reentrant=False)
+        else:
+            x = step(x, i, z)
+    return x
 
 
 def sample_reverse_sde(denoiser: Denoiser, x_T: Tensor, mu: Tensor, sigma2, sde: ConditionalVPSDE, *,
@@ -107,30 +167,88 @@ def sample_reverse_sde(denoiser: Denoiser, x_T: Tensor, mu: Tensor, sigma2, sde:
                        **_) -> tuple[Tensor, dict]:
     """Euler-Maruyama on the reverse SDE (eq. 2 with eq. 5's drift and diffusion).
 
-    The "without probability flow" ablation of Table 7 (released code: a 300-step
-    ancestral sampler with per-step gradient checkpointing).  Uniform steps from T to
-    t_eps; no noise is added on the last step.  ``checkpoint=True`` recomputes each step
-    in the backward pass so memory stays flat in ``steps``.
+    An option for the "without probability flow" ablation of Table 7 (whose default,
+    as released, is :func:`sample_ddpm_chain`).  Uniform steps from T to t_eps; no noise
+    is added on the last step.  The noise of step i is drawn from ``generator`` when step
+    i runs (memory: one noise tensor, not ``steps - 1``; the numbers are those of drawing
+    them all up front in order).  ``checkpoint=True`` recomputes each step in the
+    backward pass so memory stays flat in ``steps``.
     """
     ts = torch.linspace(sde.T, sde.t_eps, steps + 1, dtype=x_T.dtype, device=x_T.device)
     counter = _Counter(denoiser)
-    noise = [torch.randn(x_T.shape, generator=generator, device=x_T.device, dtype=x_T.dtype) for _ in range(steps - 1)]
 
-    def step(x, i):
+    def noise_at(i):
+        if i >= steps - 1:
+            return None
+        return torch.randn(x_T.shape, generator=generator, device=x_T.device, dtype=x_T.dtype)
+
+    def step(x, i, z):
         t, dt = ts[i].expand(x.shape[0]), ts[i] - ts[i + 1]
         score = score_from_denoised(sde, x, mu, sigma2, t, counter(x, t))
         x = x - sde.reverse_drift(x, mu, sigma2, t, score) * dt
-        if i < steps - 1:
-            x = x + _bc(sde.diffusion(sigma2, t), x) * dt.sqrt() * noise[i]
+        if z is not None:
+            x = x + _bc(sde.diffusion(sigma2, t), x) * dt.sqrt() * z
         return x
 
-    x = x_T
-    for i in range(steps):
-        if checkpoint and torch.is_grad_enabled():
-            x = torch.utils.checkpoint.checkpoint(step, x, i, use_reentrant=False)
-        else:
-            x = step(x, i)
+    x = _chain(step, x_T, int(steps), noise_at, checkpoint)
     return x, {"nfe": counter.nfe, "sampler": "reverse-sde", "steps": steps}
+
+
+def ddpm_chain_schedule(sde: ConditionalVPSDE, steps: int) -> tuple[Tensor, Tensor]:
+    """The released code's discretisation of eq. 5 into a DDPM chain of ``steps`` steps:
+    step ``i`` (0-based) sits at time ``(i + 1) / steps``, ``alpha_bar_i = alpha((i+1)/steps)``
+    (eq. 11) and ``beta_i = 1 - alpha_bar_i / alpha_bar_{i-1}`` with ``alpha_bar_{-1} = 1``.
+    Returns (times, alpha_bar), float64."""
+    t = torch.arange(int(steps) + 1, dtype=torch.float64) / int(steps)
+    ab = sde.alpha(t)
+    return t[1:], ab[1:]
+
+
+def sample_ddpm_chain(denoiser: Denoiser, x_T: Tensor, mu: Tensor, sigma2, sde: ConditionalVPSDE, *,
+                      steps: int = 300, stop: int = 5, generator: torch.Generator | None = None,
+                      checkpoint: bool = False, **_) -> tuple[Tensor, dict]:
+    """Ancestral DDPM chain of the released "without probability flow" ablation (Table 7).
+
+    In the normalised image ``z = (x - mu) / sigma`` (eqs. 5-12 with mu = 0, sigma = 1) and
+    the chain of :func:`ddpm_chain_schedule`, steps ``i = steps-1 .. stop+1`` are
+
+        z <- (z - beta_i / sqrt(1 - alpha_bar_i) eps_i) / sqrt(1 - beta_i) + sqrt(beta_i) n_i
+
+    (variance beta_i, not the posterior variance; ``eps_i`` is the noise prediction
+    implied by the blended score, eq. 14 inverted), and step ``stop`` jumps to the
+    data prediction ``z0 = (z - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar)``, i.e.
+    ``D(x, (stop + 1)/steps)``.  So ``steps - stop`` NFE (released: 300 steps, stop 5:
+    295 NFE, last time 6/300 = 0.02).  ``n_i`` is drawn from ``generator`` step by step;
+    ``checkpoint=True`` recomputes each step in the backward pass (released: per-step
+    gradient checkpointing).  The result is in pixels, ``x = mu + sigma z``.
+    """
+    steps, stop = int(steps), int(stop)
+    if not 0 <= stop < steps:
+        raise ValueError(f"ddpm_chain needs 0 <= stop < steps, got stop={stop}, steps={steps}")
+    times, ab = ddpm_chain_schedule(sde, steps)
+    ab_prev = torch.cat([torch.ones(1, dtype=ab.dtype), ab[:-1]])
+    beta = 1 - ab / ab_prev
+    sigma = _bc(torch.as_tensor(sigma2, dtype=x_T.dtype, device=x_T.device), x_T).sqrt()
+    counter = _Counter(denoiser)
+    order = list(range(steps - 1, stop - 1, -1))          # chain indices, noise to data
+
+    def noise_at(k):
+        if order[k] == stop:
+            return None
+        return torch.randn(x_T.shape, generator=generator, device=x_T.device, dtype=x_T.dtype)
+
+    def step(z, k, n):
+        i = order[k]
+        t = torch.full((z.shape[0],), float(times[i]), dtype=z.dtype, device=z.device)
+        d = (counter(mu + sigma * z, t) - mu) / sigma       # data prediction in z
+        a, b = float(ab[i]), float(beta[i])
+        if n is None:                                       # step `stop`: the x0 jump
+            return d
+        eps = (z - math.sqrt(a) * d) / math.sqrt(1 - a)
+        return (z - b / math.sqrt(1 - a) * eps) / math.sqrt(1 - b) + math.sqrt(b) * n
+
+    z = _chain(step, (x_T - mu) / sigma, len(order), noise_at, checkpoint)
+    return mu + sigma * z, {"nfe": counter.nfe, "sampler": "ddpm-chain", "steps": steps, "stop": stop}
 
 
 # --- fixed-step fast samplers for eq. 13 -------------------------------------------
@@ -330,6 +448,7 @@ def sample_rk4(denoiser: Denoiser, x_T: Tensor, mu: Tensor, sigma2, sde: Conditi
 SAMPLERS: dict[str, Callable[..., tuple[Tensor, dict]]] = {
     "ode": sample_ode,
     "reverse_sde": sample_reverse_sde,
+    "ddpm_chain": sample_ddpm_chain,
     "dpmpp_1": sample_dpmpp_1,
     "dpmpp_2m": sample_dpmpp_2m,
     "heun": sample_heun,

@@ -259,7 +259,7 @@ def sampler_study(method, dataset_root: str | os.PathLike, samplers: list[dict],
 
     Returns a ``pandas.DataFrame`` with one row per sampler and image (``per_image=True``)
     or, through :func:`summarize_sampler_study`, one row per sampler: sampler, options,
-    accurate, nfe, seconds_per_image, lpips, psnr, ssim, solver_rmse, psnr_vs_accurate,
+    accurate, state (what an adaptive ODE solver integrated, ``""`` for the others), nfe, seconds_per_image, lpips, psnr, ssim, solver_rmse, psnr_vs_accurate,
     lpips_vs_accurate, n_images, convention, device.
     """
     import pandas as pd
@@ -305,6 +305,7 @@ def sampler_study(method, dataset_root: str | os.PathLike, samplers: list[dict],
             rmse = 255 * float((sr.double() - exact[i].double()).pow(2).mean().sqrt()) if i in exact else math.nan
             rows.append({"k": k, "sampler": _sampler_label(stats, opts), "options": json.dumps(opts, sort_keys=True),
                          "accurate": k == accurate, "image": stem,
+                         "state": stats.get("state", ""),
                          "nfe": int(stats.get("nfe", -1)), "seconds_per_image": seconds,
                          "lpips": m["lpips"], "psnr": m["psnr"], "ssim": m["ssim"], "solver_rmse": rmse,
                          "psnr_vs_accurate": vs.get("psnr", math.nan), "lpips_vs_accurate": vs.get("lpips", math.nan),
@@ -320,7 +321,7 @@ def summarize_sampler_study(per_image):
     """Per-image rows of :func:`sampler_study` -> one row per sampler (means over images;
     ``n_images`` counts them), in the order the samplers first appear."""
     return (per_image.groupby(["sampler", "options"], sort=False)
-            .agg(accurate=("accurate", "first"), nfe=("nfe", "mean"), seconds_per_image=("seconds_per_image", "mean"),
+            .agg(accurate=("accurate", "first"), state=("state", "first"), nfe=("nfe", "mean"), seconds_per_image=("seconds_per_image", "mean"),
                  lpips=("lpips", "mean"), psnr=("psnr", "mean"), ssim=("ssim", "mean"),
                  solver_rmse=("solver_rmse", "mean"), psnr_vs_accurate=("psnr_vs_accurate", "mean"),
                  lpips_vs_accurate=("lpips_vs_accurate", "mean"), n_images=("image", "count"),

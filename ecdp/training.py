@@ -5,7 +5,8 @@ The loop only calls the method interface (DESIGN.md) plus two stage hooks:
 ``set_stage(stage)`` and ``param_groups(stage)``.  Stages run in the order of
 ``train.stages``; each has ``kind`` (method-specific: ECDP knows ``pretrain``,
 ``score``, ``quality``), ``steps``, ``batch``, ``lr``, optional ``milestones``
-(learning rate halved at each), ``encoder_lr``, ``warmup``, ``ema_decay``.
+(learning rate halved at each), ``encoder_lr``, ``warmup``, ``ema_decay`` (0: no EMA,
+the final weights are the live ones), ``ema`` (``carry`` | ``restart``, :func:`ema_mode`).
 
 Determinism: the batch of global step ``k`` and every random number the method
 draws at that step depend on ``(seed, k)`` only (the global torch RNG is reseeded
@@ -48,6 +49,19 @@ class EMA:
                 self.shadow[k].lerp_(v.detach(), 1.0 - self.decay)
             else:
                 self.shadow[k].copy_(v)
+
+
+def ema_mode(stage: dict) -> str:
+    """``stage.ema``: ``carry`` (continue the previous stage's EMA) or ``restart`` (a new
+    EMA from the stage's starting weights).  Default: ``carry`` for a ``quality`` stage,
+    where score-matching training continues (paper, ``quality.mode: add``; with the
+    released ``init_from_ema`` fine-tune both are the same: the live weights start as the
+    EMA weights and the EMA restarts from them at decay 0.9), ``restart`` otherwise (a
+    stage that trains other parameters than the last: pretraining -> score)."""
+    mode = stage.get("ema", "carry" if stage.get("kind") == "quality" else "restart")
+    if mode not in ("carry", "restart"):
+        raise ValueError(f"stage {stage.get('name')!r}: ema must be 'carry' or 'restart', got {mode!r}")
+    return mode
 
 
 def lr_factor(step_in_stage: int, warmup: int, milestones: list[int]) -> float:
@@ -170,7 +184,11 @@ class Trainer:
             g["initial_lr"] = g["lr"]
         opt = torch.optim.Adam(groups)
         decay = stage.get("ema_decay", self.cfg.get("quality", {}).get("ema_decay") if stage["kind"] == "quality" else None)
-        ema = EMA(self.method, decay if decay is not None else tcfg["ema_decay"])
+        ema = EMA(self.method, float(decay if decay is not None else (tcfg.get("ema_decay") or 0.0)))
+        if ema_mode(stage) == "carry" and self._last_ema is not None and self.step_in_stage == 0:
+            # training continues: the EMA goes on from the previous stage's average (with
+            # init_from_ema the live weights were just set to it, so this is the same)
+            ema.shadow = {k: v.detach().clone().to(self.device) for k, v in self._last_ema.shadow.items()}
         if resumed is not None and resumed.get("optimizer") is not None:
             opt.load_state_dict(resumed["optimizer"])
             ema.shadow = {k: v.to(self.device) for k, v in resumed["ema"].items()}

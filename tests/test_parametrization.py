@@ -55,8 +55,10 @@ def test_denoised_inverts_the_score(consistent_heads):
 def test_score_matching_loss_heads():
     e, e_hat = torch.zeros(2, 3, 4, 4), torch.ones(2, 3, 4, 4)
     x, x_hat = torch.zeros(2, 3, 4, 4), torch.full((2, 3, 4, 4), 2.0)
-    assert float(score_matching_loss(e_hat, x_hat, e, x)) == pytest.approx(1 + 4)  # eq. 16, summed 1:1
-    assert float(score_matching_loss(e_hat, x_hat, e, x, heads="used", kind="eps")) == pytest.approx(1)
-    assert float(score_matching_loss(e_hat, x_hat, e, x, heads="used", kind="x0")) == pytest.approx(4)
+    n = 3 * 4 * 4   # eq. 16 is a squared norm: summed over C, H, W per sample (released code)
+    assert float(score_matching_loss(e_hat, x_hat, e, x)) == pytest.approx(n * (1 + 4))  # heads summed 1:1
+    assert float(score_matching_loss(e_hat, x_hat, e, x, reduction="mean")) == pytest.approx(1 + 4)
+    assert float(score_matching_loss(e_hat, x_hat, e, x, heads="used", kind="eps")) == pytest.approx(n * 1)
+    assert float(score_matching_loss(e_hat, x_hat, e, x, heads="used", kind="x0", reduction="mean")) == pytest.approx(4)
     with pytest.raises(ValueError):
         Parametrization("v")

@@ -232,7 +232,7 @@ def test_default_grid_variants():
     assert cfg("ecdp-hybrid-c0.5")["parametrization"] == {"kind": "hybrid", "c": 0.5, "heads": "both"}
     assert cfg("ecdp-eps")["parametrization"]["kind"] == "eps"
     assert [s["kind"] for s in cfg("ecdp-hybrid-c1.0-noquality")["train"]["stages"]] == ["pretrain", "score"]
-    assert cfg("ecdp-noprobflow")["quality"]["sampler"]["name"] == "reverse_sde"
+    assert cfg("ecdp-noprobflow")["quality"]["sampler"]["name"] == "ddpm_chain"
     assert cfg("ecdp-noprobflow")["quality"]["sampler"]["steps"] == 100
     assert cfg("ecdp-paper-but-sigma")["sde"]["sigma"] == 0.2 and cfg("ecdp-paper-but-sigma")["protocol"] == "paper"
     q = cfg("ecdp-paper-but-quality_stage")["quality"]

@@ -56,7 +56,13 @@ def test_time_cli(tiny_ckpt, tmp_path, capsys):
     assert "error" in capsys.readouterr().err
 
 
-def test_sampler_study(tiny_ckpt, tiny_data):
+@pytest.fixture
+def lpips_weights(weights_dir, monkeypatch):
+    """The study scores LPIPS from the default weights folder: point it at the session's."""
+    monkeypatch.setenv("ECDP_WEIGHTS_DIR", str(weights_dir))
+
+
+def test_sampler_study(tiny_ckpt, tiny_data, lpips_weights):
     df = sampler_study(tiny_ckpt, tiny_data / "tiny4x", [{"name": "dpmpp_2m", "steps": 2}, {"name": "rk4", "steps": 1}],
                        limit=1, lr_crop=8, device="cpu")
     assert list(df["sampler"]) == ["dpmpp_2m-2", "rk4-1"]
@@ -66,7 +72,7 @@ def test_sampler_study(tiny_ckpt, tiny_data):
     assert df["solver_rmse"].iloc[1] > 0      # one RK4 step is not the 2-step solution
 
 
-def test_sampler_study_per_image_and_accurate_row(tiny_ckpt, tiny_data):
+def test_sampler_study_per_image_and_accurate_row(tiny_ckpt, tiny_data, lpips_weights):
     samplers = [{"name": "dpmpp_2m", "steps": 1}, {"name": "dpmpp_2m", "steps": 3}]
     images = sampler_study(tiny_ckpt, tiny_data / "tiny4x", samplers, limit=2, lr_crop=8, device="cpu",
                            per_image=True, accurate=1)

@@ -10,8 +10,11 @@ blocks".
   residual blocks on the way down, ``blocks[i] + 1`` on the way up with skip
   concatenation; stride-2 3x3 conv downsampling after every stage but the last,
   nearest x2 + 3x3 conv upsampling; two middle blocks; no attention;
-* time embedding: 128-dim sinusoidal of ``t * time_scale`` (300) -> Linear 512 ->
-  SiLU -> Linear 512 -> SiLU; every block adds Linear(512 -> C_out);
+* time embedding: 128-dim sinusoidal of ``t * time_scale`` (300), frequencies
+  ``exp(-log(1e4) k / 63)`` (released) -> Linear 512 -> SiLU -> Linear 512 -> SiLU;
+  every block adds Linear(512 -> C_out);
+* initialisation as released: PyTorch's default, every conv bias 0, Linear biases
+  left at PyTorch's init;
 * ResBlock: GN -> SiLU -> conv3x3 -> (+ time + LR features) -> GN -> SiLU ->
   conv3x3, GN groups min(C/4, 32), second conv initialised x1e-3, 1x1 skip x0.1;
   LR features are bilinearly resized to the block's resolution and projected by
@@ -32,8 +35,9 @@ def group_norm(c: int) -> nn.GroupNorm:
 
 
 def timestep_embedding(t: Tensor, dim: int = 128) -> Tensor:
+    """[sin, cos] of ``t`` at frequencies ``exp(-log(1e4) k / (half - 1))``, k < half (released)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / (half - 1))
     args = t.float()[:, None] * freqs[None]
     return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
 
@@ -48,7 +52,7 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
         with torch.no_grad():
             self.conv2.weight.mul_(1e-3)
-            for m in (self.conv1, self.conv2, self.temb, self.cond):
+            for m in (self.conv1, self.conv2, self.cond):   # conv biases 0; Linear keeps torch's init
                 nn.init.zeros_(m.bias)
             if isinstance(self.skip, nn.Conv2d):
                 self.skip.weight.mul_(0.1)
@@ -94,6 +98,10 @@ class UNet(nn.Module):
         self.norm_out = group_norm(c)
         self.conv_out = nn.Conv2d(c, out_ch, 3, padding=1)
         self.downsample_factor = 2 ** (len(channels) - 1)
+        with torch.no_grad():  # released: every conv bias starts at 0 (Linear biases keep torch's init)
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         temb = self.temb(timestep_embedding(t * self.time_scale).to(x.dtype))

@@ -461,7 +461,7 @@ def sampler_table(study: pd.DataFrame, ctx: Context, name: str = "samplers", sou
     rows = []
     ref = study.iloc[0] if len(study) else None
     for i, r in enumerate(study.to_dict("records")):
-        row = {k: r.get(k) for k in ("sampler", "options", "nfe", "seconds_per_image", "lpips", "psnr", "ssim",
+        row = {k: r.get(k) for k in ("sampler", "options", "state", "nfe", "seconds_per_image", "lpips", "psnr", "ssim",
                                      "solver_rmse", "psnr_vs_accurate", "lpips_vs_accurate", "n_images", "device",
                                      "convention")}
         row["accurate"] = r.get("accurate") in (True, "True")
@@ -472,10 +472,10 @@ def sampler_table(study: pd.DataFrame, ctx: Context, name: str = "samplers", sou
         row["meets_target"] = fast and abs(row["lpips_minus_ref"]) <= SAMPLER_TARGET["lpips"]
         row["meets_error_target"] = fast and _num(r.get("solver_rmse")) <= _num(ref.get("solver_rmse"))
         rows.append(row)
-    columns = ["sampler", "options", "nfe", "nfe_vs_ref", "seconds_per_image", "lpips", "lpips_minus_ref", "psnr",
+    columns = ["sampler", "options", "state", "nfe", "nfe_vs_ref", "seconds_per_image", "lpips", "lpips_minus_ref", "psnr",
                "ssim", "solver_rmse", "psnr_vs_accurate", "lpips_vs_accurate", "n_images", "device", "reference",
                "accurate", "meets_target", "meets_error_target"]
-    display = [("Sampler", "sampler"), ("NFE", "nfe"), ("NFE / ref", "nfe_vs_ref"), ("s / image", "seconds_per_image"),
+    display = [("Sampler", "sampler"), ("ODE state", "state"), ("NFE", "nfe"), ("NFE / ref", "nfe_vs_ref"), ("s / image", "seconds_per_image"),
                ("LPIPS ↓", "lpips"), ("ΔLPIPS vs ref", "lpips_minus_ref"), ("PSNR ↑", "psnr"), ("SSIM ↑", "ssim"),
                ("Solver error", "solver_rmse"), ("Target: LPIPS", "target_mark"),
                ("Target: error", "error_target_mark")]
@@ -485,6 +485,7 @@ def sampler_table(study: pd.DataFrame, ctx: Context, name: str = "samplers", sou
         return row["sampler"] + (f" ({', '.join(tags)})" if tags else "")
 
     formats = {"sampler": label,
+               "state": lambda row: "" if not isinstance(row.get("state"), str) else row["state"],
                "nfe": lambda row: _fmt(row["nfe"], 0), "nfe_vs_ref": lambda row: _fmt(row["nfe_vs_ref"], 2),
                "seconds_per_image": lambda row: _fmt(row["seconds_per_image"], 3),
                "lpips": lambda row: _fmt(row["lpips"], 4), "lpips_minus_ref": lambda row: f"{row['lpips_minus_ref']:+.4f}",
