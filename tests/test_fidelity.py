@@ -401,3 +401,55 @@ def test_srdiff_cosine_grid_is_k_over_T():
     ref = np.clip(1 - ac[1:] / ac[:-1], 0, 0.999)
     assert np.abs(x / steps - np.arange(T + 1) / T).max() < 1e-14
     np.testing.assert_allclose(cosine_betas(T, s).numpy(), ref, rtol=1e-12, atol=1e-15)
+
+
+def _released_ecdp_keys(blocks=(2, 2, 2, 2), rrdb_blocks=2):
+    """The released ECDP's state-dict keys, enumerated from lib/model/unet.py and rrdb.py."""
+    def block(prefix, skip):
+        keys = [f"{prefix}.time_in", f"{prefix}.extra_in.network", f"{prefix}.norm1", f"{prefix}.conv1.network",
+                f"{prefix}.norm2", f"{prefix}.conv2.network"] + ([f"{prefix}.skip.network"] if skip else [])
+        return keys
+    net, chans = [], [16, 32, 32, 32]
+    net += ["time_in.0", "time_in.2", "in_conv.network"]
+    i, prev, feats = 0, 16, [16]
+    for s, n in enumerate(blocks):
+        for _ in range(n):
+            net += block(f"downs.{i}", prev != chans[s]); prev = chans[s]; feats.append(prev); i += 1
+        if s < len(blocks) - 1:
+            net.append(f"downs.{i}.downconv.network"); feats.append(prev); i += 1
+    net += block("mid.0", False) + block("mid.1", False)
+    i = 0
+    for s in reversed(range(len(blocks))):
+        for _ in range(blocks[s] + 1):
+            res = feats.pop()
+            net += block(f"ups.{i}", prev + res != chans[s]); prev = chans[s]; i += 1
+        if s > 0:
+            net.append(f"ups.{i}.upconv.1.network"); i += 1
+    net += ["out_conv.0", "out_conv.2.network"]
+    keys = [f"model.diffusion.network.{k}.{p}" for k in net for p in ("weight", "bias")]
+    rrdb = ["conv_first"] + [f"blocks.{b}.block{j}.conv{c}" for b in range(rrdb_blocks) for j in (1, 2, 3)
+                             for c in range(1, 6)]
+    keys += [f"model.lr_feats.{k}.{p}" for k in rrdb for p in ("weight", "bias")]
+    return keys + ["model.diffusion.betas", "model.diffusion.alphas", "model.diffusion.alpha_bars"]
+
+
+def test_a_released_checkpoint_loads_by_key(tiny_data):
+    from ecdp.model import ECDP
+    from ecdp.nets.released import from_released, load_released
+    cfg = tiny_config(tiny_data, model={"blocks": [2, 2, 2, 2]})
+    torch.manual_seed(0)
+    ours = ECDP(cfg, sigma2=0.04, scale=4)
+    mine = {k: v for k, v in ours.state_dict().items() if not k.startswith("rrdb.head.") and k != "sigma2"}
+    released = _released_ecdp_keys()
+    renamed = from_released({k: torch.zeros(1) for k in released})
+    assert sorted(renamed) == sorted(mine)
+    # with the shapes of our tensors under the released names, the model takes it
+    inverse = from_released({k: k for k in released})          # our key -> released key
+    state = {inverse[k]: torch.randn_like(v) for k, v in mine.items()}
+    load_released(ours, state)
+    for k, v in from_released(state).items():
+        assert torch.equal(ours.state_dict()[k], v), k
+    with pytest.raises(KeyError, match="not keys"):
+        from_released({"model.discriminator.w": torch.zeros(1)})
+    head = from_released({"final.1.weight": torch.zeros(1), "rrdb.blocks.0.block3.conv5.bias": torch.zeros(1)})
+    assert sorted(head) == ["rrdb.encoder.blocks.0.rdbs.2.convs.4.bias", "rrdb.head.1.weight"]
