@@ -18,8 +18,9 @@ def atomic_open(path: str | Path, mode: str = "wb"):
     checkpoint, table, metrics file and run record of the suite is written this way."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=".part", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp's 0600 -> what open() would have given
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -28,6 +29,12 @@ def atomic_open(path: str | Path, mode: str = "wb"):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save(obj: dict, path: str | Path) -> None:
@@ -54,6 +61,11 @@ def load_method(path: str | Path, device="cpu"):
     ck = load(path)
     if ck.get("format") != FORMAT or "model" not in ck:
         raise ValueError(f"{path}: not an ecdp-bench model checkpoint (format {ck.get('format')!r})")
+    bad = [k for k, v in ck["model"].items()
+           if torch.is_tensor(v) and v.dtype.is_floating_point and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"{path}: {len(bad)} weight tensor(s) hold NaN or Inf (e.g. {bad[0]}): "
+                         "the run diverged or the file is damaged")
     method = build_method(ck["config"], ck["meta"])
     method.load_state_dict(ck["model"])
     return method.to(device).eval(), ck

@@ -147,6 +147,9 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, *, split
         raise FileNotFoundError(f"{data}/{split} has no images")
     dev = torch.device(device)
     method, ck = load_method(checkpoint, dev)
+    model_scale = int((ck.get("meta") or {}).get("scale", dataset.scale))
+    if model_scale != int(dataset.scale):
+        raise ValueError(f"{checkpoint} is a {model_scale}x model but {data} is a {dataset.scale}x dataset")
     ck_sha = sha256_file(checkpoint)
     cfg = ck.get("config", {})
     fingerprint = hashlib.sha256(json.dumps(
@@ -178,6 +181,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, *, split
             sr, stats = method.super_resolve(lr[None].to(dev), generator=g, **sampler)
             _sync(dev)
             seconds = time.perf_counter() - t0
+            if not bool(torch.isfinite(sr).all()):
+                raise ValueError(f"{stem}: the model's output is not finite (NaN / Inf); nothing written for it")
             sr = sr[0].detach().float().cpu().clamp(0, 1)
             save_image(sr, sr_dir / f"{stem}.png")
             if i < crops:

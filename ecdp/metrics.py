@@ -110,14 +110,27 @@ def _as_batch(x: torch.Tensor, what: str) -> torch.Tensor:
     return x
 
 
-def prepare(sr: torch.Tensor, hr: torch.Tensor, convention: str | Convention = DEFAULT_CONVENTION
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Crop SR to the HR size and quantize both (per convention): (1, 3, H, W) float64 each."""
+#: An SR image may exceed its HR image by fewer pixels than the scale factor (an HR size
+#: that is not a multiple of it); without a known scale, by at most this (largest scale 8).
+MAX_SIZE_EXCESS = 7
+
+
+def prepare(sr: torch.Tensor, hr: torch.Tensor, convention: str | Convention = DEFAULT_CONVENTION,
+            scale: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crop SR to the HR size and quantize both (per convention): (1, 3, H, W) float64 each.
+
+    SR smaller than HR, or larger by ``scale`` pixels or more in a dimension
+    (:data:`MAX_SIZE_EXCESS` + 1 without ``scale``), is an error: a wrong-scale model or a
+    wrong pair of files, not something to crop away."""
     conv = get_convention(convention)
     sr, hr = _as_batch(sr, "sr"), _as_batch(hr, "hr")
     h, w = hr.shape[-2:]
     if sr.shape[-2] < h or sr.shape[-1] < w:
         raise ValueError(f"SR image {tuple(sr.shape[-2:])} is smaller than HR {tuple(hr.shape[-2:])}")
+    limit = int(scale) - 1 if scale else MAX_SIZE_EXCESS
+    if sr.shape[-2] - h > limit or sr.shape[-1] - w > limit:
+        raise ValueError(f"SR image {tuple(sr.shape[-2:])} is larger than HR {tuple(hr.shape[-2:])} by more than "
+                         f"{limit} px: a model of another scale, or images that do not belong together")
     sr = sr[..., :h, :w]
     if conv.quantize:
         sr, hr = quantize(sr), quantize(hr)
@@ -167,7 +180,7 @@ def psnr(sr: torch.Tensor, hr: torch.Tensor, convention: str | Convention = DEFA
          scale: int | None = None) -> float:
     """PSNR in dB of an SR image against its HR reference under ``convention``."""
     conv = get_convention(convention)
-    return psnr_prepared(*prepare(sr, hr, conv), conv, scale)
+    return psnr_prepared(*prepare(sr, hr, conv, scale), conv, scale)
 
 
 # --------------------------------------------------------------------------- SSIM
@@ -243,7 +256,7 @@ def ssim(sr: torch.Tensor, hr: torch.Tensor, convention: str | Convention = DEFA
          scale: int | None = None) -> float:
     """SSIM (Gaussian 11x11, sigma 1.5, no downsampling) of an SR image under ``convention``."""
     conv = get_convention(convention)
-    return ssim_prepared(*prepare(sr, hr, conv), conv, scale)
+    return ssim_prepared(*prepare(sr, hr, conv, scale), conv, scale)
 
 
 # --------------------------------------------------------------------------- LPIPS
@@ -363,7 +376,7 @@ def score(sr: torch.Tensor, hr: torch.Tensor, convention: str | Convention = DEF
     conventions that crop the border.
     """
     conv = get_convention(convention)
-    sr_q, hr_q = prepare(sr, hr, conv)
+    sr_q, hr_q = prepare(sr, hr, conv, scale)
     return {
         "psnr": psnr_prepared(sr_q, hr_q, conv, scale),
         "ssim": ssim_prepared(sr_q, hr_q, conv, scale),

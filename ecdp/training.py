@@ -79,6 +79,18 @@ def clip_gradients(params, clip: dict) -> None:
         torch.nn.utils.clip_grad_norm_(params, clip["max"])
 
 
+class TrainingDiverged(ValueError):
+    """A non-finite loss or weight: training stops before anything non-finite is saved."""
+
+
+def all_finite(tensors) -> bool:
+    """Whether every tensor holds only finite values (one reduction per tensor, one sync)."""
+    tensors = [t for t in tensors if t.dtype.is_floating_point]
+    if not tensors:
+        return True
+    return bool(torch.stack([t.detach().float().abs().amax() for t in tensors]).isfinite().all())
+
+
 def _collate(batch):
     hr, lr = zip(*batch)
     return torch.stack(hr), torch.stack(lr)
@@ -128,6 +140,15 @@ class Trainer:
 
     # --- loop --------------------------------------------------------------------
     def run(self, resume: bool = False) -> Path:
+        final = self.out / "final.pt"
+        self.already_finished = False
+        if final.exists():  # a finished run is left exactly as it is
+            if not resume:
+                raise FileExistsError(f"{self.out} holds a finished run (final.pt); choose another --out")
+            if ckpt.load(final).get("config") != self.cfg:
+                raise ValueError(f"{final} was trained with a different config; use a new --out or the same config")
+            self.already_finished = True
+            return final
         self.out.mkdir(parents=True, exist_ok=True)
         ck_path = self.out / "checkpoint.pt"
         resumed = None
@@ -162,7 +183,6 @@ class Trainer:
                 self.step_in_stage = 0
                 ckpt.save(self.state(None, ema), ck_path)
         bar.close()
-        final = self.out / "final.pt"
         ckpt.save(self.final(ema), final)
         if self.quality_info:  # which feature network the quality loss used
             (self.out / "provenance.json").write_text(json.dumps(self.provenance(), indent=2))
@@ -210,11 +230,13 @@ class Trainer:
             losses = self.method.training_losses(hr, lr)
             loss = sum(losses.values())
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss at step {self.global_step}: { {k: float(v) for k, v in losses.items()} }")
+                self._diverged(stage, "loss " + ", ".join(f"{k}={float(v.detach()):g}" for k, v in losses.items()))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             clip_gradients(params, tcfg.get("clip"))
             opt.step()
+            if not all_finite(params):
+                self._diverged(stage, "weights after the optimiser step")
             ema.update(self.method)
             self.global_step += 1
             self.step_in_stage += 1
@@ -234,6 +256,12 @@ class Trainer:
                 ckpt.save(self.state(opt, ema), self.out / "checkpoint.pt")
         self._last_ema = ema
         return ema
+
+    def _diverged(self, stage: dict, what: str):
+        ck = self.out / "checkpoint.pt"
+        kept = f"{ck} keeps the last good state" if ck.exists() else "no checkpoint had been written yet"
+        raise TrainingDiverged(f"training diverged at step {self.global_step + 1} (stage {stage['name']}): "
+                               f"non-finite {what}; {kept}, no final.pt was written")
 
     @torch.no_grad()
     def validate(self, ema: EMA, stage: dict, val_cfg: dict) -> None:
@@ -284,8 +312,10 @@ def run_cli(args) -> int:
 
     try:
         cfg = config_mod.load(args.config, config_mod.parse_overrides(args.set))
-        final = train(cfg, args.out, resume=args.resume, device=args.device)
+        torch.manual_seed(int(cfg.get("seed", 0)))  # initial weights, as train()
+        trainer = Trainer(cfg, args.out, args.device)
+        final = trainer.run(resume=args.resume)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         raise CLIError(str(e)) from None
-    print(f"trained: {final}")
+    print(f"already finished, left as it is: {final}" if trainer.already_finished else f"trained: {final}")
     return 0
