@@ -21,6 +21,7 @@ DESIGN.md).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +30,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ecdp.losses import build_quality_loss
+from ecdp.losses import build_quality_loss, quality_run_info
+from ecdp.method import Method
 
 EpsFn = Callable[[Tensor, int], Tensor]
 
@@ -278,56 +280,53 @@ def sample(eps_fn: EpsFn, s: Schedule, x_T: Tensor, *, method: str = "ancestral"
 
 
 # ------------------------------------------------------ method scaffolding
-# Keys of ECDP's sampler sections that the resolved config always carries (defaults,
-# protocol presets); a DDPM sampler ignores them.  ``name: ode`` there means "not set".
-_ECDP_SAMPLER_KEYS = {"method", "atol", "rtol", "adjoint", "step_size", "state", "stop"}
-_ECDP_SAMPLER_NAMES = {"ode", "reverse_sde", "ddpm_chain"}
 SAMPLER_KEYS = {"name", "steps", "eta", "clip_denoised", "variance", "checkpoint", "schedule"}
 
 
 def sampler_options(base: dict, *overrides: dict) -> dict:
-    """Merge DDPM sampler options; drop ECDP-only keys; reject unknown ones."""
+    """Merge DDPM sampler options; reject unknown ones."""
     out = dict(base)
     for over in overrides:
         for k, v in (over or {}).items():
-            if k in _ECDP_SAMPLER_KEYS or (k == "name" and v in _ECDP_SAMPLER_NAMES):
-                continue
             if k not in SAMPLER_KEYS:
                 raise ValueError(f"unknown DDPM sampler option {k!r}; known: {sorted(SAMPLER_KEYS)}")
             out[k] = v
     return out
 
 
-class DiscreteDiffusionSR(nn.Module):
-    """What SR3 and SRDiff share: stages (``score``, ``quality``, SRDiff's
-    ``pretrain``), the quality loss through the method's own sampler, sampler
-    options, padding.  Subclasses set ``self.schedule``, ``self.scale``,
+class DiscreteDiffusionSR(Method):
+    """What SR3 and SRDiff share (a :class:`ecdp.method.Method`): stages (``score``,
+    ``quality``, SRDiff's ``pretrain``), the quality loss through the method's own
+    sampler, sampler options, padding.  Subclasses set ``self.schedule``,
     ``self.sampler_defaults``, ``self.denoiser_net`` (has ``downsample_factor``) and
     implement ``score_loss``, ``prepare`` and ``generate``.
     """
 
-    stage_kinds = ("score", "quality")
-    #: The reference trainers' settings, in place of ECDP's (``ecdp.config.resolve``):
-    #: LeiaLi/SRDiff and Janspiry's SR3 keep no EMA, clip no gradients (SRDiff's
-    #: ``clip_grad_norm`` is never read) and have no warm-up.
-    TRAIN_DEFAULTS = {"ema_decay": 0.0, "clip": None, "warmup": 0}
+    STAGE_KINDS = ("score", "quality")
+    #: The reference trainers' settings (LeiaLi/SRDiff, Janspiry's SR3): no EMA, no
+    #: gradient clipping (SRDiff's ``clip_grad_norm`` is never read), no warm-up (the
+    #: generic ``train`` defaults); the "++" quality stage adds eq. 19 to the method's
+    #: own loss by default, weight 0.5, through the method's own sampler.
+    DEFAULTS = {"train": {"ema_decay": 0.0, "clip": None, "warmup": 0},
+                "quality": {"weight": 0.5, "feature_net": "auto", "mode": "add"}}
 
     def __init__(self, cfg: dict, meta: dict):
-        super().__init__()
-        self.cfg = cfg
-        self.scale = int(meta["scale"])
-        self.stage = "score"
-        self.stage_cfg: dict = {"kind": "score"}
+        super().__init__(cfg, meta)
+        self.stage, self.stage_cfg = "score", {"kind": "score"}
         self._quality: list = []  # kept out of the state dict
 
     # --- stages ---------------------------------------------------------------
     def set_stage(self, stage: dict) -> None:
-        kind = stage["kind"]
-        if kind not in self.stage_kinds:
-            raise ValueError(f"{type(self).__name__} has no stage kind {kind!r} ({', '.join(self.stage_kinds)})")
-        self.stage, self.stage_cfg = kind, stage
-        if kind == "quality" and not self._quality:
+        super().set_stage(stage)
+        if self.stage == "quality" and not self._quality:
             self._quality.append(build_quality_loss(self.cfg.get("quality", {})))
+
+    def stage_plan(self, stage: dict):
+        plan = super().stage_plan(stage)
+        return dataclasses.replace(plan, validate=stage["kind"] != "pretrain")
+
+    def run_info(self) -> dict:
+        return quality_run_info(self._quality, self.stage_cfg) if self.stage == "quality" else {}
 
     def param_groups(self, stage: dict) -> list[dict]:
         return [{"params": list(self.denoiser_net.parameters()), "lr": float(stage["lr"])}]
@@ -361,9 +360,6 @@ class DiscreteDiffusionSR(nn.Module):
         return x
 
     # --- sampling -------------------------------------------------------------
-    def parameter_count(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
     @torch.no_grad()
     def super_resolve(self, lr: Tensor, generator: torch.Generator | None = None, **sampler_opts):
         """SR (B, 3, scale H, scale W) in [0, 1] (clamped) from LR (B, 3, H, W) in [0, 1].

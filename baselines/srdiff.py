@@ -86,7 +86,7 @@ def rrdb_condition(net: RRDBNet, lr: Tensor) -> Tensor:
 
 
 class SRDiff(ddpm.DiscreteDiffusionSR):
-    stage_kinds = ("pretrain", "score", "quality")
+    STAGE_KINDS = ("pretrain", "score", "quality")
 
     def __init__(self, cfg: dict, meta: dict):
         super().__init__(cfg, meta)

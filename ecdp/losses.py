@@ -51,3 +51,12 @@ def build_quality_loss(cfg: dict) -> QualityLoss:
 
     net, info = feature_network(name, cfg.get("weights_dir"))
     return QualityLoss(net, cfg.get("weight", 0.5), info)
+
+
+def quality_run_info(losses: list, stage: dict) -> dict:
+    """``Method.run_info`` of a method with a quality stage: which feature network its
+    loss (the first of ``losses``, built lazily) uses, for the run's log and provenance."""
+    if not losses:
+        return {}
+    info = losses[0].info
+    return {"quality_loss": {"stage": stage.get("name"), "feature_net": info.get("feature_net", info.get("name")), **info}}

@@ -1,7 +1,7 @@
-"""ECDP as one ``nn.Module`` with the suite's method interface (DESIGN.md):
-
-* ``training_losses(hr, lr) -> dict[str, Tensor]`` for the current stage,
-* ``super_resolve(lr, generator=None, **sampler_options) -> (sr, stats)``.
+"""ECDP as a method of the benchmark (the contract of :mod:`ecdp.method`): its process
+(:mod:`ecdp.sde`), parametrization (:mod:`ecdp.parametrization`), samplers
+(:mod:`ecdp.sampling`), networks (:mod:`ecdp.nets`) and here its config defaults,
+Table 6 architecture presets and ``protocol: paper | official`` presets.
 
 Network space.  The U-Net sees the noisy image normalised by the prior,
 ``z = (x - mu(y)) / sigma(y)``, and its two heads predict ``eps`` and
@@ -24,6 +24,7 @@ Stages (set by the training loop through :meth:`set_stage`):
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -31,11 +32,100 @@ from torch import Tensor, nn
 import torch.nn.functional as F
 
 from .imresize import bicubic_upsample
-from .losses import build_quality_loss
+from .losses import build_quality_loss, quality_run_info
+from .method import Method, StagePlan
 from .nets import RRDB_HEADS, UNet
-from .parametrization import Parametrization, reduce_loss, score_matching_loss
+from .parametrization import KINDS, Parametrization, reduce_loss, score_matching_loss
 from .sampling import get_sampler
 from .sde import ConditionalVPSDE
+
+ARCHS = {
+    # Table 6 (paper_architectures.csv); rrdb_taps as in the released code
+    "div2k": {"channels": [64, 128, 256, 256], "blocks": [2, 2, 2, 2], "rrdb_blocks": 23, "rrdb_taps": [1, 8, 15, 22]},
+    "imagenet": {"channels": [64, 128, 256, 256], "blocks": [2, 2, 2, 2], "rrdb_blocks": 16, "rrdb_taps": [1, 5, 10, 15]},
+    "celeba": {"channels": [64, 128, 256, 256], "blocks": [3, 3, 3, 3], "rrdb_blocks": 8, "rrdb_taps": [1, 3, 5, 7]},
+}
+PAPER_PARAMS_M = {"div2k": 42.6, "imagenet": 37.6, "celeba": 40.0}
+
+#: ECDP's own defaults (merged over ecdp.config.BASE): the paper-scale DIV2K model.
+DEFAULTS: dict = {
+    # rrdb_head: the RRDB pretraining network, `released` (head on the last block) or `esrgan`
+    "model": {"arch": "div2k", "nf": 64, "gc": 32, "rrdb_head": "released"},
+    "sde": {"beta_min": 0.1, "beta_max": 20.0, "t_eps": 1.0 / 3000.0},
+    "parametrization": {"kind": "hybrid", "c": 1.0, "heads": "both"},
+    # state: what dopri5 integrates (atol / rtol are relative to it): the normalised image
+    # z = (x - mu) / sigma as the released code (z = 5 (x - bicubic)), or `pixel`
+    "sampler": {"name": "ode", "method": "dopri5", "state": "normalized"},
+    # eq. 16 as a squared norm: summed over C, H, W per sample, batch mean (released);
+    # `mean` per element is the alternative (see README, "Loss reduction")
+    "loss": {"reduction": "sum"},
+    "quality": {"weight": 0.5, "feature_net": "auto"},
+    # Stages run in order; lengths/lrs/batches: the released DF2K recipe
+    # (docs/ARCHITECTURE.md, "ECDP's recipe"); the paper gives none of them.
+    "train": {
+        "ema_decay": 0.999,
+        "clip": {"kind": "value", "max": 10.0},   # released code: value clipping at 10
+        "warmup": 500,                            # linear warm-up steps (released code)
+        "checkpoint_every": 1000,
+        "log_every": 50,
+        "validate": {"every": 0, "patches": 8},
+        "stages": [
+            {"name": "pretrain", "kind": "pretrain", "steps": 53750, "batch": 32, "lr": 2e-4,
+             "milestones": [32250, 43000, 48375]},
+            {"name": "score", "kind": "score", "steps": 107500, "batch": 16, "lr": 1e-4, "encoder_lr": 1e-5,
+             "milestones": [64500, 86000]},
+            # released fine-tune: lr_warmup_steps 1 (no warm-up)
+            {"name": "quality", "kind": "quality", "steps": 1000, "batch": 12, "lr": 1e-5, "encoder_lr": 1e-5,
+             "warmup": 1},
+        ],
+    },
+}
+
+# Where the paper and the released code differ (README, "Paper vs released code"); each key is
+# also an ordinary config option, so a discrepancy can be toggled alone.
+PROTOCOLS: dict = {
+    "paper": {
+        "sampler": {"atol": 1e-4, "rtol": 1e-4},          # "absolute and relative error tolerance of 1e-4"
+        "sde": {"sigma": "empirical", "mu_kernel": "matlab"},  # empirical Var[x - mu(y)]; "bicubic interpolation"
+        "quality": {"mode": "add", "init_from_ema": False,     # "then add our image quality loss"
+                    "sampler": {"name": "ode", "method": "dopri5", "atol": 1e-4, "rtol": 1e-4, "adjoint": True,
+                                "state": "normalized"}},
+        "celeba_blocks": [3, 3, 3, 3],                       # Table 6
+    },
+    "official": {
+        "sampler": {"atol": 1e-3, "rtol": 1e-3},
+        "sde": {"sigma": 0.2, "mu_kernel": "torch"},
+        "quality": {"mode": "only", "init_from_ema": True, "ema_decay": 0.9,
+                    "sampler": {"name": "ode", "method": "dopri5", "atol": 1e-3, "rtol": 1e-3, "adjoint": True,
+                                "state": "normalized"}},
+        "celeba_blocks": [2, 2, 2, 2],                       # hard-coded in the released U-Net
+    },
+}
+DISCREPANCIES = {
+    # name -> (config path, paper value, official value): the rows of the protocol table
+    "ode_tolerance": ("sampler.atol,sampler.rtol", 1e-4, 1e-3),
+    "sigma": ("sde.sigma", "empirical", 0.2),
+    "mu_kernel": ("sde.mu_kernel", "matlab", "torch"),
+    # the released quality stage is one choice of three settings: a separate fine-tune
+    # (score loss dropped) that starts from the EMA weights and keeps an EMA of decay 0.9
+    "quality_stage": ("quality", {"mode": "add", "init_from_ema": False},
+                      {"mode": "only", "init_from_ema": True, "ema_decay": 0.9}),
+    "celeba_blocks": ("model.blocks", [3, 3, 3, 3], [2, 2, 2, 2]),
+}
+
+
+
+
+def resolve_sigma2(cfg: dict, meta: dict) -> float:
+    """sigma^2(y): the dataset's empirical Var[x - mu(y)] (paper) or a fixed sigma^2."""
+    sigma = cfg["sde"].get("sigma", "empirical")
+    if sigma == "empirical":
+        by_kernel = meta.get("sigma2_by_kernel") or {}
+        value = by_kernel.get(cfg["sde"].get("mu_kernel", "matlab"), meta.get("sigma2"))
+        if value is None:
+            raise ValueError("sde.sigma is 'empirical' but the dataset meta has no sigma2; re-run `ecdp data prepare`")
+        return float(value)
+    return float(sigma) ** 2
 
 
 def pad_to_multiple(lr: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
@@ -47,12 +137,40 @@ def pad_to_multiple(lr: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]
     return lr, (h, w)
 
 
-class ECDP(nn.Module):
-    def __init__(self, cfg: dict, sigma2: float, scale: int):
-        super().__init__()
-        self.cfg = cfg
+class ECDP(Method):
+    DEFAULTS = DEFAULTS
+    PROTOCOLS = PROTOCOLS
+    STAGE_KINDS = ("pretrain", "score", "quality")
+
+    @classmethod
+    def presets(cls, user: dict) -> dict:
+        """The Table 6 architecture named by ``model.arch`` (``custom``: none), then the
+        ``protocol`` preset (its CelebA U-Net blocks applied to the ``celeba`` arch)."""
+        protocol = user.get("protocol", "paper")
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {sorted(PROTOCOLS)}, got {protocol!r}")
+        preset = copy.deepcopy(PROTOCOLS[protocol])
+        celeba_blocks = preset.pop("celeba_blocks")
+        arch = (user.get("model") or {}).get("arch", DEFAULTS["model"]["arch"])
+        if arch in ARCHS:
+            model = copy.deepcopy(ARCHS[arch])
+            if arch == "celeba":
+                model["blocks"] = celeba_blocks
+            preset = {"model": model, **preset}
+        elif arch != "custom":
+            raise ValueError(f"model.arch must be one of {sorted(ARCHS) + ['custom']}, got {arch!r}")
+        return preset
+
+    @classmethod
+    def check_config(cls, cfg: dict) -> None:
+        kind = cfg["parametrization"]["kind"]
+        if kind not in KINDS:
+            raise ValueError(f"parametrization.kind must be eps, x0 or hybrid, got {kind!r}")
+
+    def __init__(self, cfg: dict, meta: dict):
+        super().__init__(cfg, meta)
+        sigma2 = resolve_sigma2(cfg, meta)
         m, s = cfg["model"], cfg["sde"]
-        self.scale = int(scale)
         self.sde = ConditionalVPSDE(s["beta_min"], s["beta_max"], 1.0, s["t_eps"])
         self.param = Parametrization(cfg["parametrization"]["kind"], float(cfg["parametrization"]["c"]))
         self.heads = cfg["parametrization"].get("heads", "both")
@@ -96,13 +214,27 @@ class ECDP(nn.Module):
 
     # --- training ----------------------------------------------------------------
     def set_stage(self, stage: dict) -> None:
-        kind = stage["kind"]
-        if kind not in ("pretrain", "score", "quality"):
-            raise ValueError(f"ECDP has no stage kind {kind!r} (pretrain, score, quality)")
-        self.stage = kind
-        self.stage_cfg = stage
-        if kind == "quality" and not self._quality:
+        super().set_stage(stage)
+        if self.stage == "quality" and not self._quality:
             self._quality.append(build_quality_loss(self.cfg["quality"]))
+
+    def stage_plan(self, stage: dict) -> StagePlan:
+        """``pretrain`` and ``score`` start a new EMA (they train other parameters than the
+        stage before); ``quality`` carries the score stage's EMA on (training continues,
+        paper protocol) or, with ``quality.init_from_ema`` (released fine-tune), starts
+        from the EMA weights, which is the same EMA start; its decay is ``ema_decay`` of the
+        stage, else ``quality.ema_decay`` (released: 0.9), else ``train.ema_decay``.
+        Validation (Figure 8) runs in the diffusion stages only."""
+        if stage["kind"] != "quality":
+            return StagePlan(ema=stage.get("ema", "restart"), ema_decay=stage.get("ema_decay"),
+                             validate=stage["kind"] != "pretrain")
+        q = self.cfg.get("quality", {})
+        return StagePlan(ema=stage.get("ema", "carry"), ema_decay=stage.get("ema_decay", q.get("ema_decay")),
+                         init_from_ema=bool(q.get("init_from_ema")))
+
+    def run_info(self) -> dict:
+        """The feature network of the image-quality loss, once a quality stage has run."""
+        return quality_run_info(self._quality, self.stage_cfg) if self.stage == "quality" else {}
 
     def param_groups(self, stage: dict) -> list[dict]:
         lr = float(stage["lr"])

@@ -1,49 +1,63 @@
-"""Build any method from a resolved config: ECDP, SR3, SRDiff and their variants.
+"""The open registry of methods, and ``ecdp params``.
 
-Every method is an ``nn.Module`` constructed as ``Class(cfg, meta)`` where ``meta`` is
-the prepared dataset's ``meta.json`` (scale, sigma2, ...); training, evaluation and
-timing never branch on the method.  ``ecdp params`` lives here too.
+A config's ``method`` names its class (:func:`method_class`):
+
+* a built-in name (:data:`BUILTIN`: ``ecdp``, ``sr3``, ``srdiff``);
+* ``"package.module:Class"``, importable from the running Python;
+* the name of an entry point in the group :data:`ENTRY_POINT_GROUP` of an installed
+  package (``[project.entry-points."ecdp_bench.methods"] mymethod = "pkg.mod:Class"``).
+
+Every method is built as ``Class(cfg, meta)`` (the contract of :mod:`ecdp.method`);
+training, evaluation, timing and the tables never branch on the method.
 """
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import entry_points
 
 from torch import nn
 
-from . import config as config_mod
-
-METHODS = {
+BUILTIN = {
     "ecdp": "ecdp.model:ECDP",
     "sr3": "baselines.sr3:SR3",
     "srdiff": "baselines.srdiff:SRDiff",
 }
+ENTRY_POINT_GROUP = "ecdp_bench.methods"
 
 
-def resolve_sigma2(cfg: dict, meta: dict) -> float:
-    """sigma^2(y): the dataset's empirical Var[x - mu(y)] (paper) or a fixed sigma^2."""
-    sigma = cfg["sde"].get("sigma", "empirical")
-    if sigma == "empirical":
-        by_kernel = meta.get("sigma2_by_kernel") or {}
-        value = by_kernel.get(cfg["sde"].get("mu_kernel", "matlab"), meta.get("sigma2"))
-        if value is None:
-            raise ValueError("sde.sigma is 'empirical' but the dataset meta has no sigma2; re-run `ecdp data prepare`")
-        return float(value)
-    return float(sigma) ** 2
+def _import(target: str, name: str):
+    module, _, attr = target.partition(":")
+    try:
+        obj = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"method {name!r}: cannot import {target!r} ({e})") from None
+    return obj
+
+
+def installed_methods() -> dict[str, str]:
+    """Entry points of :data:`ENTRY_POINT_GROUP`: name -> ``module:Class``."""
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
 def method_class(name: str):
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose from {sorted(METHODS)}")
-    module, _, cls = METHODS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)
+    """The class a config's ``method`` names (module docstring)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"method must be a name or 'package.module:Class', got {name!r}")
+    if ":" in name:
+        return _import(name, name)
+    if name in BUILTIN:
+        return _import(BUILTIN[name], name)
+    installed = installed_methods()
+    if name in installed:
+        return _import(installed[name], name)
+    raise ValueError(f"unknown method {name!r}; choose from {sorted(BUILTIN) + sorted(installed)}, "
+                     "or give 'package.module:Class'")
 
 
 def build_method(cfg: dict, meta: dict) -> nn.Module:
-    name = cfg["method"]
-    klass = method_class(name)
-    if name == "ecdp":
-        return klass(cfg, resolve_sigma2(cfg, meta), int(meta["scale"]))
-    return klass(cfg, meta)
+    return method_class(cfg["method"])(cfg, meta)
 
 
 def count_params(method: nn.Module) -> int:
@@ -53,9 +67,12 @@ def count_params(method: nn.Module) -> int:
 
 def param_rows(protocol: str = "paper") -> list[dict]:
     """Our parameter counts of the paper's architectures beside the paper's numbers."""
+    from . import config as config_mod
+    from .model import PAPER_PARAMS_M
+
     rows = []
     scales = {"div2k": 4, "imagenet": 4, "celeba": 8}
-    for arch, paper_m in config_mod.PAPER_PARAMS_M.items():
+    for arch, paper_m in PAPER_PARAMS_M.items():
         cfg = config_mod.resolve({"protocol": protocol, "model": {"arch": arch}})
         n = count_params(build_method(cfg, {"scale": scales[arch], "sigma2": 0.01}))
         rows.append({"method": "ECDP", "arch": arch, "ours_m": n / 1e6, "paper_m": paper_m})
@@ -70,7 +87,9 @@ def param_rows(protocol: str = "paper") -> list[dict]:
 
 
 def add_cli(p):
-    p.add_argument("--protocol", default="paper", choices=sorted(config_mod.PROTOCOLS),
+    from .model import PROTOCOLS
+
+    p.add_argument("--protocol", default="paper", choices=sorted(PROTOCOLS),
                    help="architecture preset (official: CelebA U-Net with [2,2,2,2] blocks)")
     p.add_argument("--tolerance", type=float, default=0.02, help="allowed relative difference (default 2%%)")
 

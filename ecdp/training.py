@@ -1,12 +1,14 @@
 """The method-agnostic training loop: stages, Adam, warm-up, step decay, EMA, value
 clipping, atomic checkpoints, exact resume, JSONL log and a progress bar.
 
-The loop only calls the method interface (DESIGN.md) plus two stage hooks:
-``set_stage(stage)`` and ``param_groups(stage)``.  Stages run in the order of
-``train.stages``; each has ``kind`` (method-specific: ECDP knows ``pretrain``,
-``score``, ``quality``), ``steps``, ``batch``, ``lr``, optional ``milestones``
-(learning rate halved at each), ``encoder_lr``, ``warmup``, ``ema_decay`` (0: no EMA,
-the final weights are the live ones), ``ema`` (``carry`` | ``restart``, :func:`ema_mode`).
+The loop only calls the method contract (:mod:`ecdp.method`): ``set_stage``,
+``param_groups``, ``stage_plan`` (EMA carry-over, EMA decay, init from the EMA
+weights, validation), ``training_losses``, ``run_info``; it gives no meaning to stage
+kinds.  Stages run in the order of ``train.stages``; each has ``kind`` (one of the
+method's ``STAGE_KINDS``), ``steps``, ``batch``, ``lr``, optional ``milestones``
+(learning rate halved at each), ``warmup`` and whatever the method reads
+(``encoder_lr``, ``ema``, ``ema_decay``: 0 means no EMA, the final weights are the
+live ones).
 
 Determinism: the batch of global step ``k`` and every random number the method
 draws at that step depend on ``(seed, k)`` only (the global torch RNG is reseeded
@@ -49,19 +51,6 @@ class EMA:
                 self.shadow[k].lerp_(v.detach(), 1.0 - self.decay)
             else:
                 self.shadow[k].copy_(v)
-
-
-def ema_mode(stage: dict) -> str:
-    """``stage.ema``: ``carry`` (continue the previous stage's EMA) or ``restart`` (a new
-    EMA from the stage's starting weights).  Default: ``carry`` for a ``quality`` stage,
-    where score-matching training continues (paper, ``quality.mode: add``; with the
-    released ``init_from_ema`` fine-tune both are the same: the live weights start as the
-    EMA weights and the EMA restarts from them at decay 0.9), ``restart`` otherwise (a
-    stage that trains other parameters than the last: pretraining -> score)."""
-    mode = stage.get("ema", "carry" if stage.get("kind") == "quality" else "restart")
-    if mode not in ("carry", "restart"):
-        raise ValueError(f"stage {stage.get('name')!r}: ema must be 'carry' or 'restart', got {mode!r}")
-    return mode
 
 
 def lr_factor(step_in_stage: int, warmup: int, milestones: list[int]) -> float:
@@ -117,7 +106,7 @@ class Trainer:
         self.stage_index = 0
         self.step_in_stage = 0
         self._last_ema: EMA | None = None
-        self.quality_info: dict | None = None  # feature network of the quality loss, once used
+        self.run_info: dict = {}  # what the method reported of its stages (ecdp.method.Method.run_info)
 
     # --- state -------------------------------------------------------------------
     def state(self, opt, ema) -> dict:
@@ -132,10 +121,9 @@ class Trainer:
                 "provenance": self.provenance(global_step=self.global_step, parameters=count_params(self.method))}
 
     def provenance(self, **extra) -> dict:
-        """Seed, commit, device, versions (:func:`ecdp.provenance.record`), plus the
-        feature network the image-quality loss used, once a quality stage has run."""
-        if self.quality_info:
-            extra["quality_loss"] = self.quality_info
+        """Seed, commit, device, versions (:func:`ecdp.provenance.record`), plus what the
+        method reported of its stages (e.g. the feature network of ECDP's quality loss)."""
+        extra = {**self.run_info, **extra}
         return record(self.cfg.get("seed"), self.device, **extra)
 
     # --- loop --------------------------------------------------------------------
@@ -184,28 +172,26 @@ class Trainer:
                 ckpt.save(self.state(None, ema), ck_path)
         bar.close()
         ckpt.save(self.final(ema), final)
-        if self.quality_info:  # which feature network the quality loss used
+        if self.run_info:  # e.g. which feature network the quality loss used
             (self.out / "provenance.json").write_text(json.dumps(self.provenance(), indent=2))
         return final
 
     def _run_stage(self, stage: dict, seed: int, tcfg: dict, log, bar, resumed: dict | None):
         self.method.set_stage(stage)
-        quality = getattr(self.method, "_quality", None)
-        if stage["kind"] == "quality" and quality:
-            info = quality[0].info
-            self.quality_info = {"stage": stage["name"], "feature_net": info.get("feature_net", info.get("name")), **info}
-            log.write(json.dumps({"event": "quality_loss", "step": self.global_step, **self.quality_info}) + "\n")
+        plan = self.method.stage_plan(stage)
+        for event, info in self.method.run_info().items():
+            self.run_info[event] = info
+            log.write(json.dumps({"event": event, "step": self.global_step, **info}) + "\n")
         self.method.train()
-        if stage["kind"] == "quality" and self.cfg.get("quality", {}).get("init_from_ema") \
-                and self.step_in_stage == 0 and self._last_ema is not None:
-            self.method.load_state_dict(self._last_ema.shadow)  # released code: fine-tune from the EMA weights
+        if plan.init_from_ema and self.step_in_stage == 0 and self._last_ema is not None:
+            self.method.load_state_dict(self._last_ema.shadow)  # e.g. the released fine-tune
         groups = self.method.param_groups(stage)
         for g in groups:
             g["initial_lr"] = g["lr"]
         opt = torch.optim.Adam(groups)
-        decay = stage.get("ema_decay", self.cfg.get("quality", {}).get("ema_decay") if stage["kind"] == "quality" else None)
-        ema = EMA(self.method, float(decay if decay is not None else (tcfg.get("ema_decay") or 0.0)))
-        if ema_mode(stage) == "carry" and self._last_ema is not None and self.step_in_stage == 0:
+        decay = plan.ema_decay if plan.ema_decay is not None else tcfg.get("ema_decay")
+        ema = EMA(self.method, float(decay or 0.0))
+        if plan.ema == "carry" and self._last_ema is not None and self.step_in_stage == 0:
             # training continues: the EMA goes on from the previous stage's average (with
             # init_from_ema the live weights were just set to it, so this is the same)
             ema.shadow = {k: v.detach().clone().to(self.device) for k, v in self._last_ema.shadow.items()}
@@ -250,7 +236,7 @@ class Trainer:
                                       "lr": opt.param_groups[0]["lr"], "images_per_s": n_img / max(dt, 1e-9)}) + "\n")
                 log.flush()
                 t0, n_img = time.perf_counter(), 0
-            if val_cfg.get("every") and self.step_in_stage % int(val_cfg["every"]) == 0 and stage["kind"] != "pretrain":
+            if val_cfg.get("every") and self.step_in_stage % int(val_cfg["every"]) == 0 and plan.validate:
                 self.validate(ema, stage, val_cfg)
             if self.step_in_stage % int(tcfg.get("checkpoint_every", 1000)) == 0 and self.step_in_stage < stage["steps"]:
                 ckpt.save(self.state(opt, ema), self.out / "checkpoint.pt")

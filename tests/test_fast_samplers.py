@@ -164,7 +164,7 @@ def tiny_model(tiny_data):
     from ecdp.model import ECDP
 
     torch.manual_seed(0)
-    return ECDP(tiny_config(tiny_data), sigma2=0.01, scale=4).eval()
+    return ECDP(tiny_config(tiny_data), {"scale": 4, "sigma2": 0.01}).eval()
 
 
 @pytest.mark.parametrize("name", FAST)

@@ -148,7 +148,8 @@ def test_state_option():
     with pytest.raises(ValueError, match="state"):
         sample_ode(den, x_T, mu, SIGMA2, SDE, state="latent")
     assert config_mod.resolve({})["sampler"]["state"] == "normalized"          # released code's default
-    for protocol in config_mod.PROTOCOLS:
+    from ecdp.model import PROTOCOLS
+    for protocol in PROTOCOLS:
         assert config_mod.resolve({"protocol": protocol})["quality"]["sampler"]["state"] == "normalized"
 
 
@@ -156,7 +157,7 @@ def test_state_reaches_super_resolve(tiny_data):
     from ecdp.model import ECDP
     cfg = tiny_config(tiny_data)
     torch.manual_seed(0)
-    model = ECDP(cfg, sigma2=0.01, scale=4).eval()
+    model = ECDP(cfg, {"scale": 4, "sigma2": 0.01}).eval()
     lr = torch.rand(1, 3, 4, 4)
     _, stats = model.super_resolve(lr, torch.Generator().manual_seed(0), atol=1e-2, rtol=1e-2, state="pixel")
     assert stats["state"] == "pixel"
@@ -180,7 +181,7 @@ def test_ecdp_losses_are_summed_per_sample(tiny_data):
     cfg = tiny_config(tiny_data)
     assert cfg["loss"]["reduction"] == "sum"
     torch.manual_seed(0)
-    model = ECDP(cfg, sigma2=0.01, scale=4)
+    model = ECDP(cfg, {"scale": 4, "sigma2": 0.01})
     hr, lr = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 4, 4)
     model.set_stage({"kind": "pretrain"})
     l1 = model.training_losses(hr, lr)["l1"]
@@ -202,14 +203,21 @@ def test_quality_stage_has_no_warmup_by_default():
     assert lr_factor(0, stages["quality"]["warmup"], []) == 1.0
 
 
-def test_ema_mode_defaults():
-    from ecdp.training import ema_mode
-    assert ema_mode({"kind": "quality"}) == "carry"
-    assert ema_mode({"kind": "score"}) == "restart"
-    assert ema_mode({"kind": "pretrain"}) == "restart"
-    assert ema_mode({"kind": "quality", "ema": "restart"}) == "restart"
+def test_stage_plans():
+    """ECDP's stages: a new EMA for pretrain / score, the EMA carried into quality (paper),
+    started from the EMA weights with decay 0.9 (official)."""
+    from ecdp.method import StagePlan
+    from ecdp.model import ECDP
+    ecdp = ECDP.__new__(ECDP)
+    ecdp.cfg = config_mod.resolve({})
+    assert ecdp.stage_plan({"kind": "quality"}) == StagePlan(ema="carry", ema_decay=None, init_from_ema=False)
+    assert ecdp.stage_plan({"kind": "score"}).ema == "restart"
+    assert ecdp.stage_plan({"kind": "pretrain"}) == StagePlan(ema="restart", validate=False)
+    assert ecdp.stage_plan({"kind": "quality", "ema": "restart"}).ema == "restart"
+    ecdp.cfg = config_mod.resolve({"protocol": "official"})
+    assert ecdp.stage_plan({"kind": "quality"}) == StagePlan(ema="carry", ema_decay=0.9, init_from_ema=True)
     with pytest.raises(ValueError, match="ema"):
-        ema_mode({"kind": "score", "ema": "sometimes"})
+        ecdp.stage_plan({"kind": "score", "ema": "sometimes"})
 
 
 def test_ema_carries_into_the_quality_stage(tiny_data, tmp_path):
@@ -235,6 +243,7 @@ def test_ema_carries_into_the_quality_stage(tiny_data, tmp_path):
 def test_baselines_get_their_own_training_defaults(method):
     cfg = config_mod.resolve({"method": method})
     assert cfg["train"]["ema_decay"] == 0.0 and cfg["train"]["clip"] is None and cfg["train"]["warmup"] == 0
+    assert not {"sde", "parametrization", "loss"} & set(cfg)          # nothing of ECDP's
     tiny = config_mod.load(config_mod.Path(__file__).parent.parent / "config" / f"tiny-{method}.yaml")
     assert tiny["train"]["ema_decay"] == 0.0 and tiny["train"]["clip"] is None
     ecdp = config_mod.resolve({})["train"]
@@ -438,7 +447,7 @@ def test_a_released_checkpoint_loads_by_key(tiny_data):
     from ecdp.nets.released import from_released, load_released
     cfg = tiny_config(tiny_data, model={"blocks": [2, 2, 2, 2]})
     torch.manual_seed(0)
-    ours = ECDP(cfg, sigma2=0.04, scale=4)
+    ours = ECDP(cfg, {"scale": 4, "sigma2": 0.04})
     mine = {k: v for k, v in ours.state_dict().items() if not k.startswith("rrdb.head.") and k != "sigma2"}
     released = _released_ecdp_keys()
     renamed = from_released({k: torch.zeros(1) for k in released})

@@ -28,7 +28,7 @@ def _write_config(tmp_path, cfg: dict):
 def _untrained(tmp_path, tiny_data, scale=4, poison=False):
     cfg = tiny_config(tiny_data)
     torch.manual_seed(0)
-    model = ECDP(cfg, sigma2=0.01, scale=scale)
+    model = ECDP(cfg, {"scale": scale, "sigma2": 0.01})
     state = model.state_dict()
     if poison:
         key = next(k for k, v in state.items() if v.dtype.is_floating_point and v.numel() > 1)

@@ -13,7 +13,7 @@ from ecdp.testing import tiny_config
 def tiny_model(tiny_data):
     torch.manual_seed(0)
     cfg = tiny_config(tiny_data)
-    model = ECDP(cfg, sigma2=0.01, scale=4).double()
+    model = ECDP(cfg, {"scale": 4, "sigma2": 0.01}).double()
     with torch.no_grad():  # make the untrained net non-trivial (its last convs start near zero)
         for p in model.unet.parameters():
             p.add_(0.05 * torch.randn_like(p))

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from ecdp import config as config_mod
+from ecdp.model import DISCREPANCIES
 from ecdp.report import cli as report_cli
 from ecdp.report import grid as G
 from ecdp.report import tables as T
@@ -180,7 +181,7 @@ def test_protocol_table(runs):
     p = T.build_tables(runs, pd.DataFrame(), grid_context())["protocol"]
     settings = [r["setting"] for r in p.rows]
     assert settings[0].startswith("paper protocol") and settings[1].startswith("released code")
-    assert len(p.rows) == 2 + len(config_mod.DISCREPANCIES)
+    assert len(p.rows) == 2 + len(DISCREPANCIES)
     assert p.rows[0]["paper_lpips"] == pytest.approx(0.108)       # the paper's own ECDP result
     assert math.isnan(p.rows[1]["paper_lpips"])
     tol = next(r for r in p.rows if "ode_tolerance" in r["setting"])

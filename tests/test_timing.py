@@ -20,7 +20,7 @@ def tiny_ckpt(tiny_data, tmp_path_factory):
     """An untrained tiny ECDP saved as a final checkpoint (timing plumbing only)."""
     cfg = tiny_config(tiny_data)
     torch.manual_seed(0)
-    model = ECDP(cfg, sigma2=0.01, scale=4)
+    model = ECDP(cfg, {"scale": 4, "sigma2": 0.01})
     path = tmp_path_factory.mktemp("ck") / "final.pt"
     ckpt.save({"format": ckpt.FORMAT, "config": cfg, "meta": {"scale": 4, "sigma2": 0.01},
                "model": model.state_dict()}, path)

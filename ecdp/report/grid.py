@@ -36,6 +36,7 @@ from pathlib import Path
 import yaml
 
 from .. import config as config_mod
+from ..model import DISCREPANCIES
 
 #: Variant names the table builder knows (ecdp.report.tables maps paper rows to them).
 MAIN_ECDP = "ecdp-hybrid-c1.0"
@@ -101,7 +102,7 @@ def _set_path(tree: dict, dotted: str, value) -> None:
 def discrepancy_overrides(name: str) -> dict:
     """Run-config settings that switch one discrepancy of :data:`ecdp.config.DISCREPANCIES`
     to the released code's value (everything else stays the paper protocol)."""
-    paths, _paper, official = config_mod.DISCREPANCIES[name]
+    paths, _paper, official = DISCREPANCIES[name]
     out: dict = {}
     for path in paths.split(","):
         _set_path(out, path.strip(), official)
@@ -109,7 +110,7 @@ def discrepancy_overrides(name: str) -> dict:
 
 
 def discrepancy_label(name: str) -> str:
-    paths, paper, official = config_mod.DISCREPANCIES[name]
+    paths, paper, official = DISCREPANCIES[name]
     return f"{name}: {paths} = {official} (paper: {paper})"
 
 
@@ -137,7 +138,7 @@ class Grid:
         proto = self.config.get("studies", {}).get("protocol")
         if proto:
             variants.setdefault(OFFICIAL, {"method": proto.get("method", "ecdp"), "set": {"protocol": "official"}})
-            for name in config_mod.DISCREPANCIES:
+            for name in DISCREPANCIES:
                 variants.setdefault(TOGGLE_PREFIX + name, {
                     "method": proto.get("method", "ecdp"), "set": discrepancy_overrides(name)})
         return variants
@@ -170,8 +171,8 @@ class Grid:
         drop = set(v.get("drop_stages") or [])
         if drop:
             stages = cfg.get("train", {}).get("stages")
-            if stages is None:  # the defaults' stages
-                stages = config_mod.DEFAULTS["train"]["stages"]
+            if stages is None:  # the method's default stages
+                stages = config_mod.resolve(cfg)["train"]["stages"]
             cfg = config_mod.deep_merge(cfg, {"train": {"stages": [s for s in stages if s.get("kind") not in drop
                                                                     and s.get("name") not in drop]}})
         cfg = config_mod.deep_merge(cfg, extra or {})
@@ -212,7 +213,7 @@ class Grid:
             self._add(ds, proto.get("paper_variant", MAIN_ECDP), "protocol")
             self._add(ds, proto.get("official_variant", OFFICIAL), "protocol")
             rows = proto.get("discrepancies") or {}
-            for name in config_mod.DISCREPANCIES:
+            for name in DISCREPANCIES:
                 row = rows.get(name)
                 if row is None:
                     self.skipped[name] = "not in this profile"

@@ -378,7 +378,7 @@ def timing_table(paper: pd.DataFrame, timing: pd.DataFrame, ctx: Context) -> Tab
 
 def protocol_table(paper: pd.DataFrame, agg: pd.DataFrame, ctx: Context) -> Table:
     """The paper's protocol, the released code's, and each discrepancy toggled alone."""
-    from .. import config as config_mod
+    from ..model import DISCREPANCIES
 
     proto = ctx.protocol or {}
     ds_key = proto.get("dataset", "div2k")
@@ -412,7 +412,7 @@ def protocol_table(paper: pd.DataFrame, agg: pd.DataFrame, ctx: Context) -> Tabl
         "official")
     rows_cfg = proto.get("discrepancies") or {}
     references = {ds}
-    for name, (path, pv, ov) in config_mod.DISCREPANCIES.items():
+    for name, (path, pv, ov) in DISCREPANCIES.items():
         row_ds = ctx.dataset((rows_cfg.get(name) or {}).get("dataset", ds_key))
         if name in ctx.skipped or (ctx.known_grid and name not in rows_cfg):
             add(f"paper, but {name} as released", None, row_ds, path, pv, ov,
