@@ -16,7 +16,7 @@ Everything here is a small pure function of tensors except :func:`sample`, which
 a whole chain (ancestral or DDIM) with optional per-step gradient checkpointing and
 truncated backpropagation, and :class:`DiscreteDiffusionSR`, the stage / quality-loss
 / sampler-option scaffolding the two baselines share (the method interface of
-DESIGN.md).
+docs/ARCHITECTURE.md).
 """
 from __future__ import annotations
 

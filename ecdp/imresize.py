@@ -145,7 +145,7 @@ def bicubic_upsample(lr: torch.Tensor, scale: int, kernel: str = "matlab") -> to
     * ``"matlab"``: :func:`imresize` (a = -0.5, MATLAB boundary handling),
     * ``"torch"``: ``F.interpolate(mode="bicubic", align_corners=False)`` (a = -0.75,
       edge-clamped), unclamped output: what the released ECDP code uses
-      (torchvision bicubic resize; see reference/official_code_notes.md).
+      (torchvision bicubic resize, the released ECDP code).
 
     Output size is exactly ``scale * (H, W)`` for both kernels.
     """

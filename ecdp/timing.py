@@ -1,7 +1,7 @@
 """Seconds per image and NFE of any method's sampler (Table 3), and a quality-vs-cost study.
 
 * :func:`time_sampler` times ``method.super_resolve`` (the suite's one method
-  interface, DESIGN.md), so ECDP, SR3, SRDiff and every variant are timed by the same
+  contract, docs/ARCHITECTURE.md), so ECDP, SR3, SRDiff and every variant are timed by the same
   code: ``warmup`` untimed runs, then ``repeats`` timed runs, each bracketed by
   ``torch.cuda.synchronize`` on CUDA; the median run divided by the batch size is
   ``seconds_per_image``.  Each run draws x(T) from the same seeded generator, so every
@@ -60,6 +60,13 @@ def _sampler_label(stats: dict, options: dict) -> str:
     if atol is not None and stats.get("steps") is None:
         label += f"-tol{atol:.0e}" if atol == rtol else f"-atol{atol:.0e}-rtol{rtol:.0e}"
     return label
+
+
+def _sampler_family(stats: dict, options: dict) -> str:
+    """The sampler without its step count or tolerance (one line of the LPIPS-vs-NFE
+    figure): ``ode-dopri5``, ``dpmpp_2m``, ``dpmpp_2m-edm``."""
+    family = str(stats.get("sampler") or options.get("name") or "default")
+    return family + (f"-{stats['grid']}" if stats.get("grid") else "")
 
 
 @torch.no_grad()
@@ -305,7 +312,7 @@ def sampler_study(method, dataset_root: str | os.PathLike, samplers: list[dict],
             rmse = 255 * float((sr.double() - exact[i].double()).pow(2).mean().sqrt()) if i in exact else math.nan
             rows.append({"k": k, "sampler": _sampler_label(stats, opts), "options": json.dumps(opts, sort_keys=True),
                          "accurate": k == accurate, "image": stem,
-                         "state": stats.get("state", ""),
+                         "state": stats.get("state", ""), "family": _sampler_family(stats, opts),
                          "nfe": int(stats.get("nfe", -1)), "seconds_per_image": seconds,
                          "lpips": m["lpips"], "psnr": m["psnr"], "ssim": m["ssim"], "solver_rmse": rmse,
                          "psnr_vs_accurate": vs.get("psnr", math.nan), "lpips_vs_accurate": vs.get("lpips", math.nan),
@@ -321,7 +328,7 @@ def summarize_sampler_study(per_image):
     """Per-image rows of :func:`sampler_study` -> one row per sampler (means over images;
     ``n_images`` counts them), in the order the samplers first appear."""
     return (per_image.groupby(["sampler", "options"], sort=False)
-            .agg(accurate=("accurate", "first"), state=("state", "first"), nfe=("nfe", "mean"), seconds_per_image=("seconds_per_image", "mean"),
+            .agg(accurate=("accurate", "first"), state=("state", "first"), family=("family", "first"), nfe=("nfe", "mean"), seconds_per_image=("seconds_per_image", "mean"),
                  lpips=("lpips", "mean"), psnr=("psnr", "mean"), ssim=("ssim", "mean"),
                  solver_rmse=("solver_rmse", "mean"), psnr_vs_accurate=("psnr_vs_accurate", "mean"),
                  lpips_vs_accurate=("lpips_vs_accurate", "mean"), n_images=("image", "count"),

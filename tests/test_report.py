@@ -78,6 +78,7 @@ def grid_context(**over) -> T.Context:
     ctx = T.Context("embedded", T.PROFILE_LABELS["embedded"], dict(EMB), planned,
                     {"celeba_blocks": "not in this profile: tiny nets"},
                     {"dataset": "div2k", "discrepancies": {"ode_tolerance": {}, "sigma": {}}}, [0, 1], True)
+    ctx.paper_rows, ctx.labels = T.Context._variant_info(T._shipped_variants())   # config/default.yaml's
     for k, v in over.items():
         setattr(ctx, k, v)
     return ctx

@@ -211,17 +211,27 @@ def _wait_for(log: Path, pattern: str, proc: subprocess.Popen, timeout: float) -
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, weights_dir):
-    """The test grid (config/test.yaml), interrupted after its first finished training
-    job and started again; returns (workdir, info)."""
+    """The test grid (config/test.yaml) plus the example method package (examples/l1net,
+    installed, listed in Table 1), interrupted after its first finished training job and
+    started again; returns (workdir, info)."""
+    from test_plugins import install_example
+
     work = tmp_path_factory.mktemp("workflow")
+    site = install_example(work / "site")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     cfg = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
     cfg["weights"] = {"dir": str(weights_dir), "offline": True}
+    cfg["methods"]["l1net"] = {"set": {"method": "l1net", "data": {"workers": 0}, "model": {"channels": 8, "blocks": 2},
+                                       "train": {"checkpoint_every": 2, "log_every": 1, "stages": [
+                                           {"name": "regress", "kind": "regress", "steps": 2, "batch": 2, "lr": 1e-3}]}}}
+    cfg["variants"]["l1net"] = {"method": "l1net", "label": "L1 regression (example)"}
+    cfg["studies"]["table1"]["variants"].append("l1net")
     config = work / "test.yaml"
     config.write_text(yaml.safe_dump(cfg))
     args = ["snakemake", "-s", str(SNAKEFILE), "-d", str(work), "--configfile", str(config), "--cores", "2"]
     log = work / "first.log"
     with open(log, "w") as f:
-        proc = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, cwd=work, start_new_session=True)
+        proc = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, cwd=work, start_new_session=True, env=env)
     try:
         finished = _wait_for(log, r"Finished jobid: \d+ \(Rule: train\)", proc, 900)
         assert finished, log.read_text()[-3000:]
@@ -237,7 +247,7 @@ def tiny_run(tmp_path_factory, weights_dir):
     done = [work / p for p in finished_outputs(killed_log, "train") if p.endswith("final.pt")]
     mtimes = {str(p): os.stat(p).st_mtime_ns for p in done}
     finished_first = re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", killed_log)
-    second = subprocess.run(args, capture_output=True, text=True, cwd=work, timeout=1500)
+    second = subprocess.run(args, capture_output=True, text=True, cwd=work, timeout=1500, env=env)
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
     return work, {"mtimes": mtimes, "first": killed_log, "second": second.stdout + second.stderr,
                   "finished_first": finished_first, "config": config, "args": args}
@@ -255,6 +265,9 @@ def test_end_to_end_tables_figures_metadata(tiny_run):
     assert 0 < ecdp["ours_lpips"] < 2 and ecdp["ours_psnr"] > 0 and ecdp["paper_lpips"] == pytest.approx(0.108)
     srdiff = t1[t1["method"] == "SRDiff"].iloc[0]
     assert pd.isna(srdiff["ours_lpips"]) and srdiff["note"] == "not in this profile"
+    # the example method package: trained, evaluated and in Table 1 with no edit under ecdp/
+    l1 = t1[t1["variant"] == "l1net"].iloc[0]
+    assert l1["method"] == "L1 regression (example)" and pd.isna(l1["paper_lpips"]) and l1["ours_psnr"] > 10
     assert "test (pipeline check" in (results / "tables" / "table1.md").read_text()
     for fig in ("figure8.png", "lpips_vs_seconds.png", "lpips_vs_nfe.png", "grid_embedded-div2k.png"):
         assert (results / "figures" / fig).stat().st_size > 0, fig

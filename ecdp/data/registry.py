@@ -5,7 +5,7 @@ prepared dataset's ``meta.json``) with its sources.
 Sources, sizes and checksums: ``reference/datasets.md`` (sizes/sha256 from
 tensorflow/datasets ``checksums.tsv``, md5 from Coloquinte/torchSR and torchvision).
 Protocols: the ECDP paper (AAAI 2024, section 5 and appendix), the released ECDP
-code (``reference/official_code_notes.md``) and SRDiff (Li et al. 2022,
+code (github Yuan-Yutao/ECDP @1696fa1) and SRDiff (Li et al. 2022,
 ``data_gen/df2k.py``, ``data_gen/celeb_a.py``), which ECDP follows.
 
 How each entry is built lives in :mod:`ecdp.data.prepare` (``spec.kind`` names the

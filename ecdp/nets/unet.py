@@ -1,6 +1,6 @@
 """Score U-Net with two output heads (eps and x0), conditioned on RRDB LR features.
 
-Built as the released ECDP code builds it (official_code_notes.md), which
+Built as the released ECDP code builds it (docs/ARCHITECTURE.md, "ECDP's recipe"), which
 reproduces Table 6's parameter counts; the paper calls the residual blocks "BigGAN
 blocks".
 

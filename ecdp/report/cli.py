@@ -168,6 +168,8 @@ def report(results: str | Path = "results", out: str | Path | None = None, workf
 
     results = Path(results)
     out = Path(out) if out else results
+    if not workflow_config and (results / "workflow_config.yaml").exists():  # what the workflow ran
+        workflow_config = results / "workflow_config.yaml"
     grid = None
     if workflow_config:
         grid = Grid(load_workflow_config(workflow_config), base_dir)
@@ -184,18 +186,17 @@ def report(results: str | Path = "results", out: str | Path | None = None, workf
         tables[tname] = tables_mod.sampler_table(df, ctx, tname, source=name)
     written = tables_mod.write_tables(tables, out / "tables")
 
-    fig8_ds = None
-    grid_datasets = sorted(runs["dataset"].unique()) if not runs.empty else []
+    fig8_ds, fig8_variants = None, None
+    grid_datasets: dict = {ds: None for ds in sorted(runs["dataset"].unique())} if not runs.empty else {}
     if grid is not None:
         f8 = grid.studies.get("figure8")
-        fig8_ds = grid.dataset_name(f8["dataset"]) if f8 else None
-        grid_datasets = [grid.dataset_name(grid.studies[t]["dataset"]) for t in ("table1", "table2", "table4")
-                         if grid.studies.get(t)]
-    elif not runs.empty:
-        fig8_ds = next(iter(sorted(runs[runs["variant"].isin(list(figures_mod.FIG8_VARIANTS))]["dataset"].unique())),
-                       None)
+        if f8:
+            fig8_ds = grid.dataset_name(f8["dataset"])
+            fig8_variants = {v: ctx.label(v) for v in f8.get("variants", [])}
+        grid_datasets = {grid.dataset_name(grid.studies[t]["dataset"]): {v: ctx.label(v) for v in grid.studies[t]["variants"]}
+                         for t in ("table1", "table2", "table4") if grid.studies.get(t)}
     figs = figures_mod.make_figures(results, runs, out / "figures", fig8_dataset=fig8_ds, grid_datasets=grid_datasets,
-                                    samplers=samplers, profile_label=ctx.profile_label)
+                                    samplers=samplers, profile_label=ctx.profile_label, fig8_variants=fig8_variants)
 
     bench_files: list[Path] = []
     if benchmark_json and Path(benchmark_json).exists():

@@ -19,9 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-FIG8_VARIANTS = {"ecdp-eps": "eps", "ecdp-x0": "x0", "ecdp-hybrid-c1.0": "hybrid (c = 1.0)"}
-GRID_VARIANTS = ("sr3", "srdiff", "ecdp-hybrid-c1.0")
-GRID_LABELS = {"sr3": "SR3", "srdiff": "SRDiff", "ecdp-hybrid-c1.0": "ECDP"}
+# Which variants a figure shows and under which label comes from the workflow config
+# (the figure8 study, the variants of Tables 1, 2, 4, each variant's ``label``).
 
 
 def _plt():
@@ -55,7 +54,8 @@ def _subtitle(profile_label: str) -> str:
 
 # --------------------------------------------------------------------------- Figure 8
 
-def read_validation(results: str | Path, dataset: str, variants: dict[str, str] = FIG8_VARIANTS) -> pd.DataFrame:
+def read_validation(results: str | Path, dataset: str, variants: dict[str, str]) -> pd.DataFrame:
+    """``val.jsonl`` of each variant (name -> label) on ``dataset``, one row per record."""
     rows = []
     for variant, label in variants.items():
         for p in sorted(Path(results).glob(f"runs/{dataset}/{variant}/seed*/train/val.jsonl")):
@@ -69,16 +69,18 @@ def read_validation(results: str | Path, dataset: str, variants: dict[str, str] 
     return pd.DataFrame(rows)
 
 
-def figure8(results: str | Path, out: str | Path, dataset: str, profile_label: str = "") -> Path | None:
+def figure8(results: str | Path, out: str | Path, dataset: str, variants: dict[str, str],
+            profile_label: str = "") -> Path | None:
+    """``variants``: name -> label, in legend order (the config's figure8 study)."""
     import seaborn as sns
 
-    df = read_validation(results, dataset)
+    df = read_validation(results, dataset, variants)
     if df.empty or "lpips" not in df:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     sns.lineplot(data=df, x="step", y="lpips", hue="parametrization", errorbar="sd", marker="o", ax=ax,
-                 hue_order=[v for v in FIG8_VARIANTS.values() if v in set(df["parametrization"])])
+                 hue_order=[v for v in variants.values() if v in set(df["parametrization"])])
     ax.set_xlabel("training step")
     ax.set_ylabel("LPIPS on validation patches ↓")
     ax.set_title(f"Figure 8: LPIPS during training ({dataset})\n{_subtitle(profile_label)}", fontsize=9)
@@ -118,12 +120,12 @@ def lpips_vs_nfe(samplers: pd.DataFrame, out: str | Path, title: str = "", profi
     if samplers is None or samplers.empty or "nfe" not in samplers:
         return None
     df = samplers.copy()
-    # family = the sampler without its step count / tolerance: dpmpp_2m-10 -> dpmpp_2m,
-    # ode-dopri5-tol1e-04 -> ode-dopri5, dpmpp_2m-10-edm -> dpmpp_2m-edm
-    df["family"] = (df["sampler"].astype(str).str.replace(r"-tol[-+.0-9e]+$", "", regex=True)
-                    .str.replace(r"-\d+(?=-|$)", "", regex=True))
-    # the reverse SDE solves another equation: its distance to the ODE's solution is no solver error
-    errors = (df[(df["solver_rmse"] > 0) & ~df["sampler"].astype(str).str.startswith("reverse")]
+    if "family" not in df:  # a study written before it recorded the family: the label without steps / tolerance
+        df["family"] = (df["sampler"].astype(str).str.replace(r"-tol[-+.0-9e]+$", "", regex=True)
+                        .str.replace(r"-\d+(?=-|$)", "", regex=True))
+    # a stochastic sampler solves another equation: its distance to the ODE's solution is no solver error
+    stochastic = df["family"].astype(str).str.startswith(("reverse", "ddpm"))
+    errors = (df[(df["solver_rmse"] > 0) & ~stochastic]
               if "solver_rmse" in df else df.iloc[:0])
     plt = _plt()
     fig, axes = plt.subplots(1, 2 if len(errors) else 1, figsize=(10.5 if len(errors) else 5.5, 3.8), squeeze=False)
@@ -151,12 +153,16 @@ def lpips_vs_nfe(samplers: pd.DataFrame, out: str | Path, title: str = "", profi
 
 # --------------------------------------------------------------------------- visual grids
 
-def visual_grid(results: str | Path, out: str | Path, dataset: str, variants=GRID_VARIANTS, labels=GRID_LABELS,
+def visual_grid(results: str | Path, out: str | Path, dataset: str, variants: dict[str, str] | None = None,
                 seed: int | None = None, max_images: int = 3, profile_label: str = "") -> Path | None:
-    """LR | each method | HR on the saved centre crops of the first images."""
+    """LR | each method | HR on the saved centre crops of the first images; ``variants``:
+    name -> label in column order (default: every variant with crops on ``dataset``)."""
     from PIL import Image
 
     results = Path(results)
+    if variants is None:
+        variants = {p.name: p.name for p in sorted(results.glob(f"runs/{dataset}/*")) if p.is_dir()}
+    labels = variants
     crops: dict[str, Path] = {}
     for v in variants:
         seeds = sorted(results.glob(f"runs/{dataset}/{v}/seed*/crops"))
@@ -193,17 +199,18 @@ def visual_grid(results: str | Path, out: str | Path, dataset: str, variants=GRI
 
 
 def make_figures(results: str | Path, runs: pd.DataFrame, out_dir: str | Path, *, fig8_dataset: str | None,
-                 grid_datasets: list[str], samplers: list[tuple[str, pd.DataFrame]] = (),
-                 profile_label: str = "") -> list[Path]:
-    """Every figure this results folder has data for; returns the files written."""
+                 grid_datasets: dict[str, dict | None], samplers: list[tuple[str, pd.DataFrame]] = (),
+                 profile_label: str = "", fig8_variants: dict[str, str] | None = None) -> list[Path]:
+    """Every figure this results folder has data for; returns the files written.
+    ``grid_datasets``: dataset -> its variants (name -> label; ``None``: all found)."""
     out_dir = Path(out_dir)
     written = []
-    if fig8_dataset:
-        written.append(figure8(results, out_dir / "figure8.png", fig8_dataset, profile_label))
+    if fig8_dataset and fig8_variants:
+        written.append(figure8(results, out_dir / "figure8.png", fig8_dataset, fig8_variants, profile_label))
     written.append(lpips_vs_seconds(runs, out_dir / "lpips_vs_seconds.png", profile_label))
     for name, df in samplers:
         written.append(lpips_vs_nfe(df, out_dir / ("lpips_vs_nfe.png" if len(samplers) == 1 else f"lpips_vs_nfe_{name}.png"),
                                     f"({name})", profile_label))
-    for ds in grid_datasets:
-        written.append(visual_grid(results, out_dir / f"grid_{ds}.png", ds, profile_label=profile_label))
+    for ds, variants in grid_datasets.items():
+        written.append(visual_grid(results, out_dir / f"grid_{ds}.png", ds, variants, profile_label=profile_label))
     return [p for p in written if p is not None and not (isinstance(p, float) and math.isnan(p))]

@@ -2,7 +2,7 @@
 (booktabs) and Markdown.
 
 Every table has the paper's rows in the paper's order.  For each row the paper's value
-(``ecdp/report/paper_results.csv``, a copy of ``shared/reference/paper_results.csv``)
+(``ecdp/report/paper_results.csv``: every number the paper reports)
 stands beside ours.  A cell we did not run stays empty and the row's *Note* says why:
 
 * "... not reimplemented: paper value only" for methods this suite does not
@@ -41,16 +41,9 @@ NOT_REIMPLEMENTED = {
     "DiffPIR": "DiffPIR (zero-shot, pretrained unconditional model) not reimplemented: paper value only",
 }
 
-#: paper row name (paper_results.csv ``method``) -> our variant
-ROW_VARIANTS = {
-    "SR3": "sr3", "SRDiff": "srdiff", "ECDP": MAIN_ECDP, "SR3++": "sr3pp", "SRDiff++": "srdiffpp",
-    "ECDP hybrid c=1.0": MAIN_ECDP, "ECDP hybrid c=0.5": "ecdp-hybrid-c0.5", "ECDP hybrid c=1.5": "ecdp-hybrid-c1.5",
-    "ECDP eps-parametrization": "ecdp-eps", "ECDP x0-parametrization": "ecdp-x0",
-    "ECDP hybrid c=1.0 without L_quality": "ecdp-hybrid-c1.0-noquality",
-    "ECDP without L_quality": "ecdp-hybrid-c1.0-noquality", "ECDP without prob. flow": "ecdp-noprobflow",
-}
-
-#: display labels (LaTeX / Markdown) where they differ from the paper row name
+#: display labels of the paper's rows (LaTeX / Markdown) where they differ from the paper
+#: row name; which variant sits beside a paper row is the variant's ``paper_row`` in the
+#: workflow config (:meth:`Context.row_variant`), its own label the variant's ``label``
 LABELS = {
     "ECDP": "ECDP (ours)",
     "ECDP hybrid c=1.0": "hybrid, c = 1.0", "ECDP hybrid c=0.5": "hybrid, c = 0.5",
@@ -145,6 +138,20 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- context
 
+def _shipped_variants() -> dict:
+    """The variants of the shipped embedded config (``config/default.yaml`` of a source
+    checkout): labels and paper rows of a results folder that has no workflow config."""
+    import yaml
+
+    from .grid import REPO_ROOT
+
+    path = REPO_ROOT / "config" / "default.yaml"
+    try:
+        return (yaml.safe_load(path.read_text()) or {}).get("variants") or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
 @dataclass
 class Context:
     """What the tables need to know about the grid: the profile, dataset names and which
@@ -159,6 +166,29 @@ class Context:
     seeds: list = field(default_factory=list)
     known_grid: bool = False
     study_datasets: dict = field(default_factory=dict)  # study -> dataset key of the config
+    paper_rows: dict = field(default_factory=dict)      # variant -> paper rows it sits beside
+    labels: dict = field(default_factory=dict)          # variant -> display label
+    study_variants: dict = field(default_factory=dict)  # study -> its variants, in config order
+
+    @staticmethod
+    def _variant_info(variants: dict) -> tuple[dict, dict]:
+        rows, labels = {}, {}
+        for name, v in (variants or {}).items():
+            pr = v.get("paper_row")
+            rows[name] = [pr] if isinstance(pr, str) else list(pr or [])
+            if v.get("label"):
+                labels[name] = str(v["label"])
+        return rows, labels
+
+    def row_variant(self, study: str, paper_method: str) -> str | None:
+        """The variant beside a paper row in ``study``: one of the study's variants whose
+        ``paper_row`` names it, else any variant that does, else ``None``."""
+        claims = [v for v, rows in self.paper_rows.items() if paper_method in rows]
+        mine = [v for v in self.study_variants.get(study, []) if v in claims]
+        return (mine or claims or [None])[0]
+
+    def label(self, variant: str) -> str:
+        return self.labels.get(variant, variant)
 
     @classmethod
     def from_grid(cls, grid) -> "Context":
@@ -168,8 +198,11 @@ class Context:
                 planned.setdefault(st, set()).add((cell.dataset, cell.variant))
         label = grid.config.get("profile_label") or PROFILE_LABELS.get(grid.profile, grid.profile)
         study_ds = {k: v["dataset"] for k, v in grid.studies.items() if isinstance(v, dict) and "dataset" in v}
+        rows, labels = cls._variant_info(grid.variants)
+        study_vs = {k: list(v.get("variants") or []) for k, v in grid.studies.items() if isinstance(v, dict)}
         return cls(grid.profile, label, {k: v["name"] for k, v in grid.datasets.items()}, planned,
-                   dict(grid.skipped), dict(grid.studies.get("protocol") or {}), list(grid.seeds), True, study_ds)
+                   dict(grid.skipped), dict(grid.studies.get("protocol") or {}), list(grid.seeds), True, study_ds,
+                   rows, labels, study_vs)
 
     @classmethod
     def from_runs(cls, runs: pd.DataFrame, profile: str | None = None) -> "Context":
@@ -181,7 +214,8 @@ class Context:
         if not runs.empty:
             for name in runs["dataset"].unique():
                 datasets.setdefault(str(name).removeprefix("embedded-"), str(name))
-        return cls(profile, PROFILE_LABELS.get(profile, profile), datasets, {}, {}, {}, [], False)
+        rows, labels = cls._variant_info(_shipped_variants())
+        return cls(profile, PROFILE_LABELS.get(profile, profile), datasets, {}, {}, {}, [], False, {}, rows, labels)
 
     def dataset(self, key: str) -> str:
         return self.datasets.get(key, key)
@@ -261,20 +295,28 @@ def quality_table(name: str, paper: pd.DataFrame, agg: pd.DataFrame, ctx: Contex
     ds = ctx.table_dataset(name)
     prow = paper[paper["table"] == spec["paper_table"]]
     lookup = {(r.dataset, r.variant): r._asdict() for r in agg.itertuples(index=False)}
-    rows, diff_idx, nondiff_idx = [], [], []
-    for r in prow.itertuples(index=False):
-        variant = ROW_VARIANTS.get(r.method)
-        row = {"method": r.method, "family": r.family, "variant": variant or "", "dataset": ds}
-        for m, *_ in METRICS:
-            row[f"paper_{m}"] = _num(getattr(r, m))
-        row["paper_params_m"] = _num(r.params_m)
+    rows, diff_idx, nondiff_idx, added_idx = [], [], [], []
+    entries = [(r, ctx.row_variant(name, r.method)) for r in prow.itertuples(index=False)]
+    used = {v for _, v in entries if v}
+    entries += [(None, v) for v in ctx.study_variants.get(name, []) if v not in used]   # not in the paper
+    for r, variant in entries:
+        if r is None:
+            row = {"method": ctx.label(variant), "family": "not in the paper", "variant": variant, "dataset": ds}
+            for m, *_ in METRICS:
+                row[f"paper_{m}"] = math.nan
+            row["paper_params_m"] = math.nan
+        else:
+            row = {"method": r.method, "family": r.family, "variant": variant or "", "dataset": ds}
+            for m, *_ in METRICS:
+                row[f"paper_{m}"] = _num(getattr(r, m))
+            row["paper_params_m"] = _num(r.params_m)
         ours = lookup.get((ds, variant)) if variant else None
         if variant is None:
             note = NOT_REIMPLEMENTED.get(r.method, f"{r.method} not reimplemented: paper value only")
         elif ours is None:
             note = ctx.missing_reason(name, ds, variant)
         else:
-            note = ""
+            note = "" if r is not None else "not in the paper"
         for m, *_ in METRICS:
             row[f"ours_{m}"] = ours[m] if ours else math.nan
             row[f"ours_{m}_std"] = ours[f"{m}_std"] if ours else math.nan
@@ -283,7 +325,9 @@ def quality_table(name: str, paper: pd.DataFrame, agg: pd.DataFrame, ctx: Contex
         row["seconds_per_image"] = ours["seconds_per_image"] if ours else math.nan
         row["n_seeds"] = int(ours["n_seeds"]) if ours else 0
         row["note"] = note
-        (diff_idx if str(r.family).startswith("diffusion") or r.family == "ablation" else nondiff_idx).append(len(rows))
+        group = added_idx if r is None else (diff_idx if str(r.family).startswith("diffusion") or r.family == "ablation"
+                                             else nondiff_idx)
+        group.append(len(rows))
         rows.append(row)
     if spec.get("ablation"):
         for row in rows:
@@ -319,7 +363,8 @@ def quality_table(name: str, paper: pd.DataFrame, agg: pd.DataFrame, ctx: Contex
         for m, _t, higher, digits in METRICS:
             bold[f"paper_{m}"] = _best(rows, diff_idx, f"paper_{m}", higher, PAPER_DIGITS[m])
             bold[f"ours_{m}"] = _best(rows, diff_idx, f"ours_{m}", higher, digits)
-    groups = [g for g in (nondiff_idx, diff_idx) if g] if spec.get("bold") else [list(range(len(rows)))]
+    groups = ([g for g in (nondiff_idx, diff_idx, added_idx) if g] if spec.get("bold")
+              else [g for g in (nondiff_idx + diff_idx, added_idx) if g])
     extra = " Bold: best diffusion-based result per column (paper and ours separately)." if spec.get("bold") else ""
     cap = _caption(spec["title"] + f" ({ds})", ctx, spec["paper_table"], _convention(agg[agg["dataset"] == ds]
                                                                                      if not agg.empty else agg), extra)
@@ -330,10 +375,16 @@ def timing_table(paper: pd.DataFrame, timing: pd.DataFrame, ctx: Context) -> Tab
     spec = TABLES["table3"]
     ds = ctx.table_dataset("table3")
     rows, idx = [], []
-    for r in paper[paper["table"] == 3].itertuples(index=False):
-        variant = ROW_VARIANTS.get(r.method)
-        row = {"method": r.method, "family": r.family, "variant": variant or "", "dataset": ds,
-               "paper_seconds": _num(r.inference_s)}
+    entries = [(r, ctx.row_variant("table3", r.method)) for r in paper[paper["table"] == 3].itertuples(index=False)]
+    used = {v for _, v in entries if v}
+    entries += [(None, v) for v in ctx.study_variants.get("table3", []) if v not in used]   # not in the paper
+    for r, variant in entries:
+        if r is None:
+            row = {"method": ctx.label(variant), "family": "not in the paper", "variant": variant, "dataset": ds,
+                   "paper_seconds": math.nan}
+        else:
+            row = {"method": r.method, "family": r.family, "variant": variant or "", "dataset": ds,
+                   "paper_seconds": _num(r.inference_s)}
         sel = pd.DataFrame()
         if variant and not timing.empty:
             sel = timing[(timing["dataset"] == ds) & (timing["variant"] == variant)]

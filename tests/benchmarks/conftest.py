@@ -52,7 +52,7 @@ ECDP_STAGES = [
      "milestones": [110]},
 ]
 SOURCES = ["ecdp/model.py", "ecdp/nets/unet.py", "ecdp/nets/rrdb.py", "ecdp/training.py", "ecdp/parametrization.py",
-           "ecdp/sde.py", "ecdp/config.py", "ecdp/imresize.py", "ecdp/data/paired.py", "tests/conftest.py"]
+           "ecdp/sde.py", "ecdp/config.py", "ecdp/method.py", "ecdp/imresize.py", "ecdp/data/paired.py", "tests/conftest.py"]
 
 
 def pytest_configure(config):
