@@ -52,6 +52,13 @@ def preset_model_config(model: dict, archs: dict[str, dict], family: str, label:
     return out
 
 
+def config_keys(archs: dict, default: str, diffusion: dict) -> dict:
+    """The run-config keys of a baseline without a default in its DEFAULTS: ``model``
+    (``arch`` and every key of its presets), ``diffusion``, ``sampler``, ``quality``."""
+    return {"model": {"arch": default, **{k: None for k in archs[default]}}, "diffusion": {k: None for k in diffusion},
+            "sampler": {}, "quality": {"sampler": {}, "truncate": None}}
+
+
 def linear_betas(T: int, start: float = 1e-4, end: float = 2e-2) -> Tensor:
     """``linspace(start, end, T)`` (SR3: T = 2000, 1e-6 -> 1e-2)."""
     return torch.linspace(start, end, T, dtype=torch.float64)
@@ -309,6 +316,8 @@ class DiscreteDiffusionSR(Method):
     #: own loss by default, weight 0.5, through the method's own sampler.
     DEFAULTS = {"train": {"ema_decay": 0.0, "clip": None, "warmup": 0},
                 "quality": {"weight": 0.5, "feature_net": "auto", "mode": "add"}}
+    #: keys without a default in DEFAULTS (subclasses add ``model`` and ``diffusion``)
+    CONFIG_KEYS = {"sampler": {}, "quality": {"sampler": {}, "truncate": None}}
 
     def __init__(self, cfg: dict, meta: dict):
         super().__init__(cfg, meta)

@@ -70,6 +70,8 @@ def build_unet(m: dict) -> SR3UNet:
 
 
 class SR3(ddpm.DiscreteDiffusionSR):
+    CONFIG_KEYS = ddpm.config_keys(ARCHS, "sr3-div2k", DIFFUSION)
+
     def __init__(self, cfg: dict, meta: dict):
         super().__init__(cfg, meta)
         self.model_cfg = model_config(cfg.get("model", {}))

@@ -86,6 +86,8 @@ def rrdb_condition(net: RRDBNet, lr: Tensor) -> Tensor:
 
 
 class SRDiff(ddpm.DiscreteDiffusionSR):
+    CONFIG_KEYS = ddpm.config_keys(ARCHS, "srdiff-div2k", DIFFUSION)
+    STAGE_KEYS = ("encoder_lr",)   # accepted to refuse it with a reason (the encoder is frozen)
     STAGE_KINDS = ("pretrain", "score", "quality")
 
     def __init__(self, cfg: dict, meta: dict):

@@ -34,7 +34,7 @@ BASE: dict = {
         "warmup": 0,
         "checkpoint_every": 1000,
         "log_every": 50,
-        "validate": {"every": 0, "patches": 8},
+        "validate": {"every": 0, "patches": 8, "patch": 64},
         "stages": [],
     },
 }
@@ -48,11 +48,14 @@ def deep_merge(base: dict, over: dict) -> dict:
 
 
 def resolve(user: dict) -> dict:
-    """BASE <- the method's DEFAULTS <- its presets <- user (see module docstring)."""
+    """BASE <- the method's DEFAULTS <- its presets <- user (see module docstring); the
+    user's keys are checked first (:func:`check_user_config`), what a run trains by
+    :func:`check_stages` (the training loop and the workflow's grid call it)."""
     from .registry import method_class  # late: registry imports this module
 
     name = user.get("method", BASE["method"])
     cls = method_class(name)
+    check_user_config(user, reference_config(cls))
     cfg = deep_merge(BASE, getattr(cls, "DEFAULTS", {}))
     presets = getattr(cls, "presets", None)
     cfg = deep_merge(cfg, presets(user) if presets else {})
@@ -64,13 +67,102 @@ def resolve(user: dict) -> dict:
     return cfg
 
 
+# --------------------------------------------------------------------------- validation
+#: Keys of a training stage the loop reads; a method adds its own (``STAGE_KEYS``).
+STAGE_KEYS = {"name", "kind", "steps", "batch", "lr", "milestones", "warmup", "patch", "ema", "ema_decay"}
+#: Subtrees whose keys a method checks itself (sampler options: ``check_sampler``).
+OPEN = {("sampler",), ("quality", "sampler")}
+
+
+def reference_config(cls) -> dict:
+    """Every key a run config of ``cls`` may hold, with a value of the allowed type:
+    BASE, the method's DEFAULTS, its ``CONFIG_KEYS`` (keys without a default)."""
+    return deep_merge(deep_merge(BASE, getattr(cls, "DEFAULTS", {})), getattr(cls, "CONFIG_KEYS", {}))
+
+
+def _kind(v) -> str:
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, (int, float)):
+        return "number"
+    return {str: "string", list: "list", dict: "mapping"}.get(type(v), "")
+
+
+def check_user_config(user: dict, reference: dict, path: tuple = ()) -> None:
+    """Unknown keys (typos: ``chekpoint_every``, a top-level ``smapler``) and values of
+    the wrong kind (``steps: "ten"``, ``lr: fast``) are errors naming the key's path."""
+    for key, value in user.items():
+        here = path + (key,)
+        where = ".".join(map(str, here))
+        if key not in reference:
+            known = ", ".join(sorted(map(str, reference)))
+            raise ValueError(f"unknown config key {where!r} (known here: {known})")
+        ref = reference[key]
+        if here in OPEN or ref is None or value is None:
+            continue
+        if isinstance(ref, dict):
+            if not isinstance(value, dict):
+                raise ValueError(f"{where}: expected a mapping, got {value!r}")
+            check_user_config(value, ref, here)
+        elif _kind(ref) == "number" and _kind(value) != "number":
+            raise ValueError(f"{where}: expected a number, got {value!r}")
+        elif _kind(ref) in ("list", "bool") and _kind(value) != _kind(ref):
+            raise ValueError(f"{where}: expected a {_kind(ref)}, got {value!r}")
+
+
+def _positive_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def check_stages(cfg: dict) -> None:
+    """``train.stages`` of a resolved config: a non-empty list of stages, each with a
+    ``kind`` of the method, ``steps`` and ``batch`` positive integers, ``lr`` a positive
+    number, no unknown keys; the loop's cadences positive; ``seed`` an integer."""
+    from .registry import method_class
+
+    kinds = getattr(method_class(cfg["method"]), "STAGE_KINDS", None)
+    stages = cfg["train"].get("stages")
+    if not isinstance(stages, list) or not stages:
+        raise ValueError("train.stages: a run needs at least one training stage")
+    extra = set(getattr(method_class(cfg["method"]), "STAGE_KEYS", ()))
+    for i, st in enumerate(stages):
+        where = f"train.stages[{i}]"
+        if not isinstance(st, dict):
+            raise ValueError(f"{where}: a stage is a mapping, got {st!r}")
+        unknown = set(st) - STAGE_KEYS - extra
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {sorted(unknown)} (known: {sorted(STAGE_KEYS | extra)})")
+        for key in ("kind", "steps", "batch", "lr"):
+            if key not in st:
+                raise ValueError(f"{where}: missing {key!r}")
+        if kinds and st["kind"] not in kinds:
+            raise ValueError(f"{where}.kind: {st['kind']!r} is not a stage of {cfg['method']} ({', '.join(kinds)})")
+        for key in ("steps", "batch"):
+            if not _positive_int(st[key]):
+                raise ValueError(f"{where}.{key}: must be a positive integer, got {st[key]!r}")
+        if _kind(st["lr"]) != "number" or not st["lr"] > 0:
+            raise ValueError(f"{where}.lr: must be a positive number, got {st['lr']!r}")
+    for key in ("checkpoint_every", "log_every"):
+        if not _positive_int(cfg["train"].get(key)):
+            raise ValueError(f"train.{key}: must be a positive integer, got {cfg['train'].get(key)!r}")
+    decay = cfg["train"].get("ema_decay")
+    if decay is not None and (_kind(decay) != "number" or not 0 <= decay <= 1):
+        raise ValueError(f"train.ema_decay: must be a number in [0, 1], got {decay!r}")
+    if not isinstance(cfg.get("seed"), int) or isinstance(cfg.get("seed"), bool):
+        raise ValueError(f"seed: must be an integer, got {cfg.get('seed')!r}")
+
+
 def load(path: str | Path, overrides: dict | None = None) -> dict:
     """Read a YAML run config, apply ``overrides``, resolve presets."""
     path = Path(path)
     try:
-        user = yaml.safe_load(path.read_text()) or {}
+        user = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"config file {path} not found") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not user:
+        raise ValueError(f"{path} is empty: a run config names at least its method and data")
     if not isinstance(user, dict):
         raise ValueError(f"{path}: a run config must be a YAML mapping")
     return resolve(deep_merge(user, overrides or {}))

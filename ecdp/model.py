@@ -141,6 +141,12 @@ class ECDP(Method):
     DEFAULTS = DEFAULTS
     PROTOCOLS = PROTOCOLS
     STAGE_KINDS = ("pretrain", "score", "quality")
+    STAGE_KEYS = ("encoder_lr",)
+    #: keys without a default here: the architecture's (``model.arch: custom`` gives them)
+    #: and the protocols' (``sde.sigma`` is "empirical" or a number)
+    CONFIG_KEYS = {"model": {"channels": [], "blocks": [], "rrdb_blocks": 0, "rrdb_taps": None},
+                   "sde": {"sigma": None, "mu_kernel": "matlab"},
+                   "quality": {"mode": "add", "init_from_ema": False, "ema_decay": None, "sampler": {}}}
 
     @classmethod
     def presets(cls, user: dict) -> dict:

@@ -97,6 +97,7 @@ def _stage_seed(seed: int, step: int) -> int:
 
 class Trainer:
     def __init__(self, cfg: dict, out: str | Path, device: str = "cpu"):
+        config_mod.check_stages(cfg)   # before any work: steps: -3, stages: [], stpes: ... are errors
         self.cfg, self.out, self.device = cfg, Path(out), torch.device(device)
         self.data_root = Path(cfg["data"]["root"]) / cfg["data"]["dataset"]
         self.meta = read_meta(self.data_root)

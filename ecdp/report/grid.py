@@ -66,7 +66,9 @@ class Cell:
     eval_sampler: dict = field(default_factory=dict)  # sampler options passed to `ecdp evaluate`
 
     def run_config(self, seed: int) -> dict:
-        return config_mod.resolve(config_mod.deep_merge(self.user, {"seed": int(seed)}))
+        cfg = config_mod.resolve(config_mod.deep_merge(self.user, {"seed": int(seed)}))
+        config_mod.check_stages(cfg)
+        return cfg
 
     @property
     def shares_training(self) -> bool:

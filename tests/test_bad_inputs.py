@@ -1,0 +1,66 @@
+"""Issue 16, item 8 and the run-config tracebacks: every bad run config is a one-line
+error naming the key (exit code 2), before any work, with nothing written."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from ecdp.cli import main
+from ecdp.testing import tiny_config
+
+
+def _stage(**kw):
+    return {"name": "score", "kind": "score", "steps": 2, "batch": 2, "lr": 5e-4, **kw}
+
+
+# (what is wrong, the user's settings over tiny.yaml, a fragment of the message)
+CASES = [
+    ("typo in train", {"train": {"chekpoint_every": 3}}, "unknown config key 'train.chekpoint_every'"),
+    ("typo at the top", {"smapler": {"name": "ode"}}, "unknown config key 'smapler'"),
+    ("typo in a stage", {"train": {"stages": [{**_stage(), "stpes": 3}]}}, "train.stages[0]: unknown key(s) ['stpes']"),
+    ("no stages", {"train": {"stages": []}}, "at least one training stage"),
+    ("negative steps", {"train": {"stages": [_stage(steps=-3)]}}, "train.stages[0].steps: must be a positive integer"),
+    ("fractional steps", {"train": {"stages": [_stage(steps=1.5)]}}, "train.stages[0].steps: must be a positive integer"),
+    ("steps as text", {"train": {"stages": [_stage(steps="ten")]}}, "train.stages[0].steps"),
+    ("missing steps", {"train": {"stages": [{"name": "s", "kind": "score", "batch": 2, "lr": 1e-3}]}}, "missing 'steps'"),
+    ("batch zero", {"train": {"stages": [_stage(batch=0)]}}, "train.stages[0].batch: must be a positive integer"),
+    ("batch negative", {"train": {"stages": [_stage(batch=-2)]}}, "train.stages[0].batch"),
+    ("lr as text", {"train": {"stages": [_stage(lr="fast")]}}, "train.stages[0].lr: must be a positive number"),
+    ("unknown stage kind", {"train": {"stages": [_stage(kind="finetune")]}}, "'finetune' is not a stage of ecdp"),
+    ("seed as text", {"seed": "abc"}, "seed: expected a number"),
+    ("model not a mapping", {"model": 3}, "model: expected a mapping"),
+    ("unknown method", {"method": "nosuch"}, "unknown method 'nosuch'"),
+    ("unknown protocol", {"protocol": "mine"}, "protocol must be one of"),
+    ("EMA decay above 1", {"train": {"ema_decay": 1.5}}, "train.ema_decay: must be a number in [0, 1]"),
+]
+
+
+@pytest.mark.parametrize("what,settings,message", CASES, ids=[c[0] for c in CASES])
+def test_bad_run_config_is_one_line_and_writes_nothing(tiny_data, tmp_path, capsys, what, settings, message):
+    base = {k: v for k, v in tiny_config(tiny_data).items()}   # a complete, valid config
+    user = {"method": base["method"], "data": base["data"], "model": base["model"], "train": {
+        "stages": base["train"]["stages"], "checkpoint_every": 25, "log_every": 10}}
+    for k, v in settings.items():
+        user[k] = {**user[k], **v} if isinstance(v, dict) and isinstance(user.get(k), dict) else v
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(user))
+    out = tmp_path / "out"
+    assert main(["train", "--config", str(path), "--out", str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("text,message", [
+    ("", "is empty"),
+    ("method: [ecdp\n", "not valid YAML"),
+    ("!!python/object/apply:os.system ['echo pwned']\n", "not valid YAML"),
+    ("- a\n- b\n", "must be a YAML mapping"),
+])
+def test_unreadable_run_configs(tmp_path, capsys, text, message):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "out"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
