@@ -330,6 +330,15 @@ class DiscreteDiffusionSR(Method):
         if self.stage == "quality" and not self._quality:
             self._quality.append(build_quality_loss(self.cfg.get("quality", {})))
 
+    @classmethod
+    def check_sampler(cls, cfg: dict, options: dict) -> None:
+        opts = sampler_options({"name": "ancestral"}, cfg.get("sampler"), options)   # unknown keys
+        if opts["name"] not in ("ancestral", "ddim"):
+            raise ValueError(f"{cls.__name__} samples with 'ancestral' or 'ddim', got {opts['name']!r}")
+        steps = opts.get("steps")
+        if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
+            raise ValueError(f"sampler option steps: must be a positive integer or null, got {steps!r}")
+
     def stage_plan(self, stage: dict):
         plan = super().stage_plan(stage)
         return dataclasses.replace(plan, validate=stage["kind"] != "pretrain")

@@ -54,13 +54,19 @@ def load(path: str | Path, map_location="cpu") -> dict:
         raise ValueError(f"{path}: not a loadable ecdp-bench checkpoint ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
 
 
-def load_method(path: str | Path, device="cpu"):
-    """(method in eval mode with EMA weights, checkpoint dict) from a final checkpoint."""
-    from .registry import build_method
+def load_method(path: str | Path, device="cpu", sampler: dict | None = None):
+    """(method in eval mode with EMA weights, checkpoint dict) from a final checkpoint.
+    ``sampler``: the user's sampler options, checked by the method before it is built."""
+    from .registry import build_method, method_class
 
     ck = load(path)
-    if ck.get("format") != FORMAT or "model" not in ck:
-        raise ValueError(f"{path}: not an ecdp-bench model checkpoint (format {ck.get('format')!r})")
+    if not isinstance(ck, dict) or ck.get("format") != FORMAT or "model" not in ck or "config" not in ck:
+        fmt = ck.get("format") if isinstance(ck, dict) else type(ck).__name__
+        raise ValueError(f"{path}: not an ecdp-bench model checkpoint (format {fmt!r})")
+    cls = method_class(ck["config"].get("method", "ecdp"))
+    check = getattr(cls, "check_sampler", None)
+    if check and sampler is not None:
+        check(ck["config"], sampler)
     bad = [k for k, v in ck["model"].items()
            if torch.is_tensor(v) and v.dtype.is_floating_point and not bool(torch.isfinite(v).all())]
     if bad:

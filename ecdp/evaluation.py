@@ -146,7 +146,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, *, split
     if len(dataset) == 0:
         raise FileNotFoundError(f"{data}/{split} has no images")
     dev = torch.device(device)
-    method, ck = load_method(checkpoint, dev)
+    method, ck = load_method(checkpoint, dev, sampler=sampler)
     model_scale = int((ck.get("meta") or {}).get("scale", dataset.scale))
     if model_scale != int(dataset.scale):
         raise ValueError(f"{checkpoint} is a {model_scale}x model but {data} is a {dataset.scale}x dataset")

@@ -74,7 +74,7 @@ def run_cli(args) -> int:
     except (ImageReadError, ValueError) as e:
         raise CLIError(str(e)) from None
     try:
-        method, _ = load_method(args.checkpoint, args.device)
+        method, _ = load_method(args.checkpoint, args.device, sampler=opts)
     except (FileNotFoundError, ValueError) as e:
         raise CLIError(str(e)) from None
     for (path, img, alpha), target in zip(tqdm(images, desc="sr", unit="img"), targets):

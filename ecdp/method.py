@@ -86,6 +86,14 @@ class Method(nn.Module):
     def check_config(cls, cfg: dict) -> None:
         """Raise ``ValueError`` (naming the key) for a resolved config this method cannot run."""
 
+    @classmethod
+    def check_sampler(cls, cfg: dict, options: dict) -> None:
+        """Raise ``ValueError`` (naming the option) for sampler options of the user's
+        (``--sampler``) that :meth:`super_resolve` would ignore or reject; called before
+        the model is built.  Default: the method takes none."""
+        if options:
+            raise ValueError(f"{cls.__name__} has no sampler options, got {sorted(options)}")
+
     # --- training -------------------------------------------------------------------
     def set_stage(self, stage: dict) -> None:
         kind = stage.get("kind")

@@ -36,7 +36,7 @@ from .losses import build_quality_loss, quality_run_info
 from .method import Method, StagePlan
 from .nets import RRDB_HEADS, UNet
 from .parametrization import KINDS, Parametrization, reduce_loss, score_matching_loss
-from .sampling import get_sampler
+from .sampling import check_options, get_sampler
 from .sde import ConditionalVPSDE
 
 ARCHS = {
@@ -172,6 +172,12 @@ class ECDP(Method):
         kind = cfg["parametrization"]["kind"]
         if kind not in KINDS:
             raise ValueError(f"parametrization.kind must be eps, x0 or hybrid, got {kind!r}")
+
+    @classmethod
+    def check_sampler(cls, cfg: dict, options: dict) -> None:
+        """The user's options for the sampler they name, else the config's
+        (:func:`ecdp.sampling.check_options`)."""
+        check_options({"name": cfg.get("sampler", {}).get("name", "ode"), **options})
 
     def __init__(self, cfg: dict, meta: dict):
         super().__init__(cfg, meta)

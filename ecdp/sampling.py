@@ -456,6 +456,38 @@ SAMPLERS: dict[str, Callable[..., tuple[Tensor, dict]]] = {
 }
 
 
+#: Options no user gives (the method passes them).
+_INTERNAL = {"generator", "adjoint_params", "_"}
+
+
+def check_options(options: dict) -> None:
+    """``ValueError`` naming the option for anything a sampler would ignore or reject:
+    an unknown ``name``, a key the named sampler does not take (``nmae``), ``steps`` not a
+    positive integer, a tolerance not a positive number, an unknown ``state`` / ``grid``."""
+    import inspect
+
+    name = options.get("name", "ode")
+    fn = get_sampler(name)
+    params = list(inspect.signature(fn).parameters)[5:]
+    allowed = {"name"} | {p for p in params if p not in _INTERNAL}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(f"sampler {name!r} has no option(s) {unknown}; its options: {sorted(allowed)}")
+    for key in ("steps", "stop"):
+        if key in options and (not isinstance(options[key], int) or isinstance(options[key], bool)
+                               or options[key] < (1 if key == "steps" else 0)):
+            raise ValueError(f"sampler option {key}: must be a {'positive' if key == 'steps' else 'non-negative'} "
+                             f"integer, got {options[key]!r}")
+    for key in ("atol", "rtol", "step_size"):
+        v = options.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
+            raise ValueError(f"sampler option {key}: must be a positive number, got {v!r}")
+    if "state" in options and options["state"] not in STATES:
+        raise ValueError(f"sampler option state: one of {STATES}, got {options['state']!r}")
+    if "grid" in options and options["grid"] not in GRIDS:
+        raise ValueError(f"sampler option grid: one of {GRIDS}, got {options['grid']!r}")
+
+
 def get_sampler(name: str):
     try:
         return SAMPLERS[name]

@@ -202,7 +202,7 @@ def run_cli(args) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise CLIError("--device cuda requested but CUDA is not available")
     try:
-        method, ck = load_method(args.checkpoint, args.device)
+        method, ck = load_method(args.checkpoint, args.device, sampler=opts)
     except (FileNotFoundError, ValueError) as e:
         raise CLIError(str(e)) from None
     if args.image:

@@ -64,3 +64,46 @@ def test_unreadable_run_configs(tmp_path, capsys, text, message):
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- sampler options
+@pytest.fixture(scope="module")
+def untrained(tiny_data, tmp_path_factory):
+    import torch
+
+    from ecdp import checkpoint as ckpt
+    from ecdp.model import ECDP
+    cfg = tiny_config(tiny_data)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ck") / "final.pt"
+    ckpt.save({"format": ckpt.FORMAT, "config": cfg, "meta": {"scale": 4, "sigma2": 0.01},
+               "model": ECDP(cfg, {"scale": 4, "sigma2": 0.01}).state_dict()}, path)
+    return path
+
+
+@pytest.mark.parametrize("options,message", [
+    ('{"nmae": "dpmpp_2m"}', "has no option(s) ['nmae']"),
+    ('{"name": "euler_a"}', "unknown sampler 'euler_a'"),
+    ('{"atol": -1}', "atol: must be a positive number"),
+    ('{"name": "dpmpp_2m", "steps": 0}', "steps: must be a positive integer"),
+    ('{"name": "dpmpp_2m", "steps": -1}', "steps: must be a positive integer"),
+    ('{"name": "dpmpp_2m", "steps": "ten"}', "steps: must be a positive integer"),
+    ('{"name": "dpmpp_2m", "atol": 1e-3}', "has no option(s) ['atol']"),
+    ('{"state": "latent"}', "state: one of"),
+    ('{"name": "heun", "steps": 3, "grid": "cosine"}', "grid: one of"),
+])
+@pytest.mark.parametrize("command", ["sr", "evaluate", "time"])
+def test_bad_sampler_options_fail_before_any_work(untrained, tiny_data, tmp_path, capsys, options, message, command,
+                                                 monkeypatch):
+    from ecdp.model import ECDP
+    monkeypatch.setattr(ECDP, "__init__", lambda *a, **k: (_ for _ in ()).throw(AssertionError("model built")))
+    out = tmp_path / "out"
+    lr = sorted((tiny_data / "tiny4x" / "test" / "LR").glob("*.png"))[0]
+    args = {"sr": ["sr", "--checkpoint", str(untrained), str(lr), "-o", str(out)],
+            "evaluate": ["evaluate", "--checkpoint", str(untrained), "--data", str(tiny_data / "tiny4x"), "--out", str(out),
+                         "--lpips-net", "none", "--no-progress"],
+            "time": ["time", "--checkpoint", str(untrained), "--size", "4", "--out", str(out / "t.csv")]}[command]
+    assert main([*args, "--sampler", options, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+    assert not out.exists()
