@@ -132,6 +132,16 @@ def _write(tmp_path: Path, cfg: dict) -> Path:
     (lambda c: c["studies"]["table1"].update(variants="ecdp"), "is not of type 'array'"),
     (lambda c: c.update(device="gpu"), "does not match"),
     (lambda c: c.update(unknown_key=1), "Additional properties are not allowed"),
+    # names and roots that would leave the project's folders (issue 16, item 9)
+    (lambda c: c["datasets"]["div2k"].update(name=".."), "dataset name '..' is not a plain folder name"),
+    (lambda c: c.update(results=""), "results: '' must be a relative folder"),
+    (lambda c: c.update(results="/"), "results: '/' must be a relative folder"),
+    (lambda c: c.update(results="../elsewhere"), "must be a relative folder inside the working directory"),
+    (lambda c: c.update(data_root="/"), "data_root: '/' must be a folder"),
+    # a bad run config inside a cell fails the dry run, not a job
+    (lambda c: c["methods"]["ecdp"]["set"]["train"]["stages"][1].update(steps=-3),
+     "train.stages[1].steps: must be a positive integer"),
+    (lambda c: c["methods"]["ecdp"]["set"].update(smapler={}), "unknown config key 'smapler'"),
 ])
 def test_invalid_config_fails_with_schema_message(tmp_path, mutate, message):
     cfg = yaml.safe_load((ROOT / "config" / "default.yaml").read_text())
@@ -139,6 +149,15 @@ def test_invalid_config_fails_with_schema_message(tmp_path, mutate, message):
     res = snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(_write(tmp_path, cfg)), check=False)
     assert res.returncode != 0
     assert message in res.stdout + res.stderr
+
+
+def test_paths_with_spaces_and_shell_characters_are_quoted(tmp_path):
+    cfg = yaml.safe_load((ROOT / "config" / "default.yaml").read_text())
+    cfg["results"], cfg["data_root"] = "my results", "data; touch pwned"
+    res = snakemake(tmp_path, "-n", "-p", "--cores", "1", "--configfile", str(_write(tmp_path, cfg)))
+    out = res.stdout + res.stderr
+    assert "--out 'my results/runs/embedded-div2k/ecdp-hybrid-c1.0/seed0/train'" in out
+    assert "--root 'data; touch pwned'" in out and "--data 'data; touch pwned/embedded-div2k'" in out
 
 
 def test_config_referring_to_unknown_variant_fails(tmp_path):

@@ -58,8 +58,10 @@ rule aggregate:
         ENV
     params:
         results=RESULTS,
+        bench_dir=f"{RESULTS}/logs/benchmarks",
+        start=f"{RESULTS}/logs/workflow_start",
         bench=lambda wc, input: f"--benchmark-json {shlex.quote(input.benchmark)}" if "benchmark" in input.keys() else "",
     shell:
-        "python -m ecdp.cli report --results {params.results} --workflow-config {input.config} "
-        "--benchmarks-dir {params.results}/logs/benchmarks --start-marker {params.results}/logs/workflow_start "
-        "{params.bench} > {log} 2>&1"
+        "python -m ecdp.cli report --results {params.results:q} --workflow-config {input.config:q} "
+        "--benchmarks-dir {params.bench_dir:q} --start-marker {params.start:q} "
+        "{params.bench} > {log:q} 2>&1"

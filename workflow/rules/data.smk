@@ -20,7 +20,7 @@ rule prepare_embedded:
     params:
         root=DATA,
     shell:
-        "python -m ecdp.cli data prepare embedded --root {params.root} --workers {threads} --no-progress > {log} 2>&1"
+        "python -m ecdp.cli data prepare embedded --root {params.root:q} --workers {threads} --no-progress > {log:q} 2>&1"
 
 
 rule prepare_dataset:
@@ -43,11 +43,13 @@ rule prepare_dataset:
         cmd=lambda wc: (
             f"data prepare {shlex.quote(PREPARE[wc.dataset]['prepare'])} {PREPARE[wc.dataset].get('prepare_args', '')}"
             if PREPARE.get(wc.dataset, {}).get("prepare") else ""),
+        known=lambda wc: "yes" if PREPARE.get(wc.dataset, {}).get("prepare") else "no",
     shell:
         """
-        if [ -z "{params.cmd}" ]; then
-            echo "dataset {wildcards.dataset} has no 'prepare' entry in the config: prepare it into {params.root}/{wildcards.dataset} yourself" | tee {log} >&2
+        if [ {params.known} = no ]; then
+            printf "dataset %s has no 'prepare' entry in the config: prepare it into %s/%s yourself\\n" \
+                {wildcards.dataset:q} {params.root:q} {wildcards.dataset:q} | tee {log:q} >&2
             exit 1
         fi
-        python -m ecdp.cli {params.cmd} --root {params.root} --workers {threads} --no-progress > {log} 2>&1
+        python -m ecdp.cli {params.cmd} --root {params.root:q} --workers {threads} --no-progress > {log:q} 2>&1
         """

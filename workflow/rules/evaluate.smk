@@ -58,11 +58,11 @@ rule evaluate:
         profile=GRID.profile,
     shell:
         """
-        printf '%s\\n' {params.settings} > {output.settings}
-        OMP_NUM_THREADS={threads} python -m ecdp.cli evaluate --checkpoint {input.model} \
-            --data {params.data} --split {params.split} {params.limit} --sampler {params.sampler} \
-            --seed {wildcards.seed} --out {params.out} --convention {params.convention} \
-            --lpips-net {params.lpips_net} --device {params.device} --threads {threads} \
-            --variant {wildcards.variant} --profile {params.profile} --crops {params.crops} \
-            --crop-size {params.crop_size} --no-progress > {log} 2>&1
+        printf '%s\\n' {params.settings} > {output.settings:q}
+        OMP_NUM_THREADS={threads} python -m ecdp.cli evaluate --checkpoint {input.model:q} \
+            --data {params.data:q} --split {params.split:q} {params.limit} --sampler {params.sampler} \
+            --seed {wildcards.seed} --out {params.out:q} --convention {params.convention:q} \
+            --lpips-net {params.lpips_net:q} --device {params.device:q} --threads {threads} \
+            --variant {wildcards.variant:q} --profile {params.profile:q} --crops {params.crops} \
+            --crop-size {params.crop_size} --no-progress > {log:q} 2>&1
         """

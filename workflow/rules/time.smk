@@ -26,9 +26,10 @@ def table3_command(wildcards, threads):
         cell = GRID.cell(ds, v)
         size = int(T3.get("hr_size", 256)) // cell_scale(cell)
         sampler = f"--sampler {shlex.quote(json.dumps(cell.eval_sampler))}" if cell.eval_sampler else ""
-        cmds.append(f"echo '== {v}' && OMP_NUM_THREADS={threads} python -m ecdp.cli time --checkpoint {ck} --size {size} "
-                    f"{sampler} --repeats {int(T3.get('repeats', 3))} --warmup {int(T3.get('warmup', 1))} "
-                    f"--seed {SEEDS[0]} --device {DEVICE} --out {RESULTS}/timing/{ds}/{v}.csv")
+        q = shlex.quote
+        cmds.append(f"echo {q('== ' + v)} && OMP_NUM_THREADS={threads} python -m ecdp.cli time --checkpoint {q(ck)} "
+                    f"--size {size} {sampler} --repeats {int(T3.get('repeats', 3))} --warmup {int(T3.get('warmup', 1))} "
+                    f"--seed {SEEDS[0]} --device {q(DEVICE)} --out {q(f'{RESULTS}/timing/{ds}/{v}.csv')}")
     return " && ".join(cmds)
 
 
@@ -65,7 +66,7 @@ if T3:
         params:
             cmd=table3_command,
         shell:
-            "( {params.cmd} ) > {log} 2>&1"
+            "( {params.cmd} ) > {log:q} 2>&1"
 
 
 if SAM:

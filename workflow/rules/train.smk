@@ -49,8 +49,8 @@ rule train:
         out=lambda wc, output: str(Path(output.model).parent),
     shell:
         """
-        printf '%s\\n' {params.cfg} > {output.config}
-        python -m ecdp.report.grid clean-stale {output.config} {params.out} > {log} 2>&1
-        OMP_NUM_THREADS={threads} python -m ecdp.cli train --config {output.config} --out {params.out} \
-            --resume --device {params.device} >> {log} 2>&1
+        printf '%s\\n' {params.cfg} > {output.config:q}
+        python -m ecdp.report.grid clean-stale {output.config:q} {params.out:q} > {log:q} 2>&1
+        OMP_NUM_THREADS={threads} python -m ecdp.cli train --config {output.config:q} --out {params.out:q} \
+            --resume --device {params.device:q} >> {log:q} 2>&1
         """

@@ -18,4 +18,4 @@ rule fetch_weights:
     params:
         offline="--offline" if config["weights"].get("offline") else "",
     shell:
-        "python -m ecdp.cli weights fetch {params.offline} > {log} 2>&1"
+        "python -m ecdp.cli weights fetch {params.offline} > {log:q} 2>&1"
