@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -48,10 +50,20 @@ def load(path: str | Path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} not found")
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a checkpoint file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty: not a checkpoint")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():   # torch's unpickler warns about what it then refuses
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(f"{path}: refused, it holds objects other than tensors and plain data "
+                         "(checkpoints load with weights_only=True)") from None
     except Exception as e:  # noqa: BLE001 - re-raised as one clear line
-        raise ValueError(f"{path}: not a loadable ecdp-bench checkpoint ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ValueError(f"{path}: not a loadable ecdp-bench checkpoint ({e.__class__.__name__}{': ' + first if first else ''})") from None
 
 
 def load_method(path: str | Path, device="cpu", sampler: dict | None = None):
@@ -72,6 +84,14 @@ def load_method(path: str | Path, device="cpu", sampler: dict | None = None):
     if bad:
         raise ValueError(f"{path}: {len(bad)} weight tensor(s) hold NaN or Inf (e.g. {bad[0]}): "
                          "the run diverged or the file is damaged")
-    method = build_method(ck["config"], ck["meta"])
-    method.load_state_dict(ck["model"])
+    try:
+        method = build_method(ck["config"], ck.get("meta") or {})
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: its stored config / dataset meta cannot build the model ({e})") from None
+    try:
+        method.load_state_dict(ck["model"])
+    except RuntimeError as e:
+        n = str(e).count("\n\t") or 1
+        raise ValueError(f"{path}: the weights do not match the stored config ({n} key / shape mismatch(es); "
+                         f"{str(e).splitlines()[1].strip()[:150] if len(str(e).splitlines()) > 1 else ''})") from None
     return method.to(device).eval(), ck

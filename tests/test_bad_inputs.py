@@ -107,3 +107,35 @@ def test_bad_sampler_options_fail_before_any_work(untrained, tiny_data, tmp_path
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err, err
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- checkpoints
+def _bad_checkpoints(folder, tiny_data):
+    import pickle
+
+    import torch
+
+    from ecdp import checkpoint as ckpt
+    from ecdp.model import ECDP
+    (folder / "empty.pt").write_bytes(b"")
+    torch.save(torch.zeros(3), folder / "tensor.pt")
+    torch.save({"format": ckpt.FORMAT, "model": {}}, folder / "noconfig.pt")
+    import datetime
+    (folder / "pickle.pt").write_bytes(pickle.dumps({"when": datetime.date(2024, 1, 1)}))   # a global torch refuses
+    cfg = tiny_config(tiny_data)
+    other = {**cfg, "model": {**cfg["model"], "channels": [8, 16, 16, 16]}}
+    ckpt.save({"format": ckpt.FORMAT, "config": other, "meta": {"scale": 4, "sigma2": 0.01},
+               "model": ECDP(cfg, {"scale": 4, "sigma2": 0.01}).state_dict()}, folder / "mismatch.pt")
+    return {"empty.pt": "is empty", "tensor.pt": "not an ecdp-bench model checkpoint",
+            "noconfig.pt": "not an ecdp-bench model checkpoint", "pickle.pt": "refused",
+            "mismatch.pt": "weights do not match the stored config"}
+
+
+def test_bad_checkpoints_are_one_line_errors(tiny_data, tmp_path, capsys):
+    lr = sorted((tiny_data / "tiny4x" / "test" / "LR").glob("*.png"))[0]
+    for name, message in _bad_checkpoints(tmp_path, tiny_data).items():
+        assert main(["sr", "--checkpoint", str(tmp_path / name), str(lr), "-o", str(tmp_path / "o"), "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and "weights_only` set to `False" not in err, (name, err)
+        assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()
