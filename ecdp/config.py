@@ -17,6 +17,7 @@ is written next to every run's outputs.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import yaml
@@ -156,7 +157,7 @@ def load(path: str | Path, overrides: dict | None = None) -> dict:
     """Read a YAML run config, apply ``overrides``, resolve presets."""
     path = Path(path)
     try:
-        user = yaml.safe_load(path.read_text())
+        user = yaml_load(path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"config file {path} not found") from None
     except yaml.YAMLError as e:
@@ -165,19 +166,79 @@ def load(path: str | Path, overrides: dict | None = None) -> dict:
         raise ValueError(f"{path} is empty: a run config names at least its method and data")
     if not isinstance(user, dict):
         raise ValueError(f"{path}: a run config must be a YAML mapping")
-    return resolve(deep_merge(user, overrides or {}))
+    return resolve(apply_overrides(user, overrides))
 
 
-def parse_overrides(items: list[str]) -> dict:
-    """``a.b=value`` strings (value parsed as YAML) -> nested dict."""
-    out: dict = {}
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader that also reads ``1e-3`` as a number (YAML 1.1 wants ``1.0e-3``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:\d[\d_]*)\.[\d_]*(?:[eE][-+]?\d+)?|[-+]?\d[\d_]*[eE][-+]?\d+|\.[\d_]+(?:[eE][-+]?\d+)?"
+               r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+
+
+def yaml_load(text: str):
+    """Parse a run config or an override value (safe: no tags, no objects)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+
+
+def parse_overrides(items: list[str]) -> list[tuple[list[str], object]]:
+    """``a.b=value`` strings -> (path, value) pairs (value parsed as YAML); a numeric part
+    indexes a list (``train.stages.0.steps=1``)."""
+    out = []
     for item in items or []:
         key, sep, value = item.partition("=")
-        if not sep:
+        if not sep or not key or any(not p for p in key.split(".")):
             raise ValueError(f"override {item!r} is not of the form key.path=value")
-        node = out
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(value)
+        try:
+            parsed = yaml_load(value)
+        except yaml.YAMLError as e:
+            raise ValueError(f"override {item!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
+        out.append((key.split("."), parsed))
     return out
+
+
+def apply_overrides(user: dict, overrides) -> dict:
+    """``user`` with each (path, value) of :func:`parse_overrides` set (a copy); a list
+    entry is addressed by its index, and a list that the file does not give is taken from
+    the method's defaults (so ``train.stages.1.steps=10`` edits the default stages)."""
+    if isinstance(overrides, dict):   # a nested mapping: merged as is
+        return deep_merge(user, overrides)
+    out = copy.deepcopy(user)
+    for parts, value in overrides or []:
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            nxt = parts[i + 1]
+            if isinstance(node, list):
+                node = _index(node, part, parts)
+                continue
+            if part not in node:
+                if nxt.isdigit():   # a list the user's file does not give: start from the resolved defaults
+                    ref = resolve(out)
+                    for p in parts[:i + 1]:
+                        ref = ref[int(p)] if isinstance(ref, list) else ref[p]
+                    node[part] = copy.deepcopy(ref)
+                else:
+                    node[part] = {}
+            node = node[part]
+        last = parts[-1]
+        if isinstance(node, list):
+            node[_position(node, last, parts)] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise ValueError(f"override {'.'.join(parts)}: {'.'.join(parts[:-1])} is not a mapping or a list")
+    return out
+
+
+def _position(node: list, part: str, parts) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ValueError(f"override {'.'.join(parts)}: {part!r} is not an index of a list of {len(node)}")
+    return int(part)
+
+
+def _index(node: list, part: str, parts):
+    return node[_position(node, part, parts)]

@@ -139,3 +139,17 @@ def test_bad_checkpoints_are_one_line_errors(tiny_data, tmp_path, capsys):
         assert message in err and "Traceback" not in err and "weights_only` set to `False" not in err, (name, err)
         assert len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------------------- --set
+def test_set_reaches_list_entries(tiny_data, tmp_path):
+    from ecdp import config as config_mod
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"method": "ecdp", "data": {"root": str(tiny_data), "dataset": "tiny4x"}}))
+    cfg = config_mod.load(path, config_mod.parse_overrides(["train.stages.1.steps=7", "seed=3", "sampler.atol=1e-3"]))
+    assert cfg["train"]["stages"][1]["steps"] == 7 and cfg["train"]["stages"][0]["steps"] == 53750   # defaults kept
+    assert cfg["seed"] == 3 and cfg["sampler"]["atol"] == 1e-3
+    for bad, message in [("train.stages.9.steps=1", "not an index of a list of 3"), ("seed", "key.path=value"),
+                         ("seed=abc", "seed: expected a number"), ("train..steps=1", "key.path=value")]:
+        with pytest.raises(ValueError, match=message):
+            config_mod.load(path, config_mod.parse_overrides([bad]))
