@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ecdp import external
 from ecdp.losses import build_quality_loss, quality_run_info
 from ecdp.method import Method
 
@@ -287,7 +288,9 @@ def sample(eps_fn: EpsFn, s: Schedule, x_T: Tensor, *, method: str = "ancestral"
 
 
 # ------------------------------------------------------ method scaffolding
-SAMPLER_KEYS = {"name", "steps", "eta", "clip_denoised", "variance", "checkpoint", "schedule"}
+SAMPLER_KEYS = {"name", "steps", "eta", "clip_denoised", "variance", "checkpoint", "schedule", "grid"}
+#: The method's own chains; the samplers of ecdp.external serve it too (``name: dpmpp_2m`` ...).
+CHAINS = ("ancestral", "ddim")
 
 
 def sampler_options(base: dict, *overrides: dict) -> dict:
@@ -333,8 +336,11 @@ class DiscreteDiffusionSR(Method):
     @classmethod
     def check_sampler(cls, cfg: dict, options: dict) -> None:
         opts = sampler_options({"name": "ancestral"}, cfg.get("sampler"), options)   # unknown keys
-        if opts["name"] not in ("ancestral", "ddim"):
-            raise ValueError(f"{cls.__name__} samples with 'ancestral' or 'ddim', got {opts['name']!r}")
+        if opts["name"] not in CHAINS + external.SAMPLERS:
+            raise ValueError(f"{cls.__name__} samples with {CHAINS + external.SAMPLERS}, got {opts['name']!r}")
+        if opts["name"] in external.SAMPLERS:
+            from ecdp.sampling import check_options
+            check_options({k: v for k, v in opts.items() if k in ("name", "steps", "grid") and v is not None})
         steps = opts.get("steps")
         if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
             raise ValueError(f"sampler option steps: must be a positive integer or null, got {steps!r}")
@@ -396,5 +402,18 @@ class DiscreteDiffusionSR(Method):
             lr = torch.nn.functional.pad(lr, (0, pw, 0, ph), mode="replicate")
         ctx = self.prepare(lr)
         shape = (lr.shape[0], 3, lr.shape[-2] * self.scale, lr.shape[-1] * self.scale)
-        sr, stats = self.generate(ctx, shape, opts, generator)
+        if opts["name"] in external.SAMPLERS:
+            sr, stats = self.generate_external(ctx, shape, opts, generator)
+        else:
+            sr, stats = self.generate(ctx, shape, opts, generator)
         return sr[..., : h * self.scale, : w * self.scale].clamp(0, 1), stats
+
+    def generate_external(self, ctx: dict, shape, opts: dict, generator):
+        """A sampler of :mod:`ecdp.external` on the training chain's schedule (eps model at
+        continuous time, :meth:`eps_at`); the image in [0, 1] via :meth:`to_image`."""
+        process = external.DiscreteVP(alpha_bar=self.schedule.alpha_bar)
+        device, dtype = ctx["device"], torch.float32
+        x_T = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        kw = {k: opts[k] for k in ("steps", "grid") if opts.get(k) is not None}
+        x, stats = external.sample(lambda x, t: self.eps_at(x, t, process, ctx), process, x_T, opts["name"], **kw)
+        return self.to_image(x, ctx), {**stats, "chain": "external"}

@@ -106,6 +106,13 @@ class SR3(ddpm.DiscreteDiffusionSR):
         x_noisy = g.sqrt() * x0 + (1 - g).sqrt() * eps
         return (self.eps(x_noisy, ctx["up"], gamma.sqrt()) - eps).abs().mean()
 
+    def eps_at(self, x: Tensor, t: Tensor, process, ctx: dict) -> Tensor:
+        """The noise prediction at continuous time t: SR3 conditions on sqrt(alpha(t))."""
+        return self.eps(x, ctx["up"], process.alpha(t).sqrt().to(x.dtype).expand(x.shape[0]))
+
+    def to_image(self, x: Tensor, ctx: dict) -> Tensor:
+        return (x + 1) / 2
+
     def sampling_schedule(self, opts: dict) -> ddpm.Schedule:
         sched = self.schedule
         if opts.get("schedule"):

@@ -144,6 +144,13 @@ class SRDiff(ddpm.DiscreteDiffusionSR):
         x_t = ddpm.q_sample(self.schedule, x0, t, noise)
         return (self.unet(x_t, t.to(x0.device), ctx["cond"]) - noise).abs().mean()
 
+    def eps_at(self, x: Tensor, t: Tensor, process, ctx: dict) -> Tensor:
+        """The noise prediction at continuous time t: SRDiff's step embedding of ``t N - 1``."""
+        return self.unet(x, process.step_of(t).to(x.dtype).expand(x.shape[0]), ctx["cond"])
+
+    def to_image(self, r: Tensor, ctx: dict) -> Tensor:
+        return (self.res2img(r, ctx["up"]) + 1) / 2
+
     def generate(self, ctx: dict, shape, opts: dict, generator, checkpoint_steps: bool = False,
                  truncate: int | None = None):
         """Image in [0, 1] (not clamped) and stats."""
