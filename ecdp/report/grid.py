@@ -124,21 +124,18 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 def check_paths(config: dict) -> None:
     """Names and roots that would write outside the project's folders are refused:
     dataset and variant names must be plain path components (not ``..``); ``results``
-    must be a relative folder inside the working directory; ``data_root`` must not be
-    empty, the filesystem root, or climb with ``..``."""
+    and ``data_root`` must not be empty, ``.``, the filesystem root, or climb with ``..``."""
     for what, names in (("dataset", [d.get("name", "") for d in (config.get("datasets") or {}).values()]),
                         ("variant", list((config.get("variants") or {}).keys()))):
         for name in names:
             if not isinstance(name, str) or not NAME.match(name) or set(name) <= {"."}:
                 raise ValueError(f"{what} name {name!r} is not a plain folder name ([A-Za-z0-9][A-Za-z0-9_.+-]*)")
-    results = str(config.get("results", "results"))
-    if not results.strip() or Path(results).is_absolute() or ".." in Path(results).parts \
-            or Path(results).parts in ((), (".",)):
-        raise ValueError(f"results: {results!r} must be a relative folder inside the working directory (e.g. results)")
-    data_root = str(config.get("data_root", "data"))
-    if not data_root.strip() or Path(data_root).resolve() == Path("/") or ".." in Path(data_root).parts:
-        raise ValueError(f"data_root: {data_root!r} must be a folder below the working directory or an absolute "
-                         "folder other than /, without '..'")
+    for key, default in (("results", "results"), ("data_root", "data")):
+        root = str(config.get(key, default))
+        p = Path(root)
+        if not root.strip() or p.parts in ((), (".",)) or p.resolve() == Path(p.anchor or "/") or ".." in p.parts:
+            raise ValueError(f"{key}: {root!r} must be a folder below the working directory (or an absolute folder "
+                             "other than /), without '..'")
 
 
 class Grid:

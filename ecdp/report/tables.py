@@ -198,7 +198,9 @@ class Context:
                 planned.setdefault(st, set()).add((cell.dataset, cell.variant))
         label = grid.config.get("profile_label") or PROFILE_LABELS.get(grid.profile, grid.profile)
         study_ds = {k: v["dataset"] for k, v in grid.studies.items() if isinstance(v, dict) and "dataset" in v}
+        shipped_rows, shipped_labels = cls._variant_info(_shipped_variants())   # rows the suite implements
         rows, labels = cls._variant_info(grid.variants)
+        rows, labels = {**shipped_rows, **rows}, {**shipped_labels, **labels}
         study_vs = {k: list(v.get("variants") or []) for k, v in grid.studies.items() if isinstance(v, dict)}
         return cls(grid.profile, label, {k: v["name"] for k, v in grid.datasets.items()}, planned,
                    dict(grid.skipped), dict(grid.studies.get("protocol") or {}), list(grid.seeds), True, study_ds,
