@@ -82,7 +82,7 @@ wildcard_constraints:
     seed=r"\d+",
 
 
-localrules: all, prepare_embedded, prepare_dataset, fetch_weights, workflow_config, aggregate
+localrules: all, prepare_embedded, prepare_dataset, fetch_weights, aggregate
 
 
 onstart:

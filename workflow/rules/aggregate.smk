@@ -2,14 +2,16 @@
 # sampler study and the trainers' val.jsonl into results/tables/*.{csv,tex,md},
 # results/figures/*.png, results/benchmarks/ (pytest-benchmark JSON, if present),
 # results/README.md and results/run_metadata.json.  The workflow config it ran is
-# saved beside them so the tables know the grid (empty cells say why they are empty).
+# written by the same job beside them (results/workflow_config.yaml), so the tables know
+# the grid and a results folder from an earlier run (a fresh clone's committed one)
+# never keeps an older config.
 
 TABLES = ["table1", "table2", "table3", "table4", "table5", "table7", "protocol"]
 CAPTIONS = "../report"  # relative to this rule file
 
 
 def report_inputs(wildcards):
-    inputs = {"config": f"{RESULTS}/workflow_config.yaml", "metrics": GRID.cell_targets(RESULTS)}
+    inputs = {"metrics": GRID.cell_targets(RESULTS)}
     if T3:
         inputs["timing"] = table3_outputs()
     if SAM:
@@ -24,21 +26,6 @@ def report_inputs(wildcards):
     return inputs
 
 
-rule workflow_config:
-    """The config this workflow ran (after --config overrides and schema defaults)."""
-    output:
-        f"{RESULTS}/workflow_config.yaml",
-    params:
-        config=config,
-    run:
-        import yaml
-
-        from ecdp.evaluation import atomic_write_text
-
-        atomic_write_text(output[0], "# written by the workflow: the config of this results folder\n"
-                          + yaml.safe_dump(dict(params.config), sort_keys=False))
-
-
 rule aggregate:
     """Tables, figures, README and run metadata from everything above."""
     input:
@@ -50,6 +37,7 @@ rule aggregate:
         figures=report(directory(f"{RESULTS}/figures"), patterns=["{name}.png"], caption=f"{CAPTIONS}/figures.rst",
                        category="Figures"),
         readme=f"{RESULTS}/README.md",
+        config=f"{RESULTS}/workflow_config.yaml",
         metadata=report(f"{RESULTS}/run_metadata.json", caption=f"{CAPTIONS}/metadata.rst", category="Metadata"),
     log:
         f"{RESULTS}/logs/report.log",
@@ -57,11 +45,13 @@ rule aggregate:
     conda:
         ENV
     params:
+        cfg=lambda wc: shlex.quote(json.dumps(dict(config))),
         results=RESULTS,
         bench_dir=f"{RESULTS}/logs/benchmarks",
         start=f"{RESULTS}/logs/workflow_start",
         bench=lambda wc, input: f"--benchmark-json {shlex.quote(input.benchmark)}" if "benchmark" in input.keys() else "",
     shell:
-        "python -m ecdp.cli report --results {params.results:q} --workflow-config {input.config:q} "
+        "printf '%s\\n' {params.cfg} > {output.config:q} && "
+        "python -m ecdp.cli report --results {params.results:q} --workflow-config {output.config:q} "
         "--benchmarks-dir {params.bench_dir:q} --start-marker {params.start:q} "
         "{params.bench} > {log:q} 2>&1"
