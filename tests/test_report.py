@@ -376,3 +376,16 @@ def test_report_cli_without_grid(runs, tmp_path, capsys):
     assert (results / "tables" / "protocol.tex").exists() and (results / "README.md").exists()
     assert "report:" in capsys.readouterr().out
     assert main(["report", "--results", str(tmp_path / "nope")]) == 2
+
+
+
+def test_workflow_config_written_as_json_reads_back_with_numbers(tmp_path):
+    """The aggregate job writes the config as one JSON line; JSON's 5e-05 must come back a
+    number (YAML 1.1 would read it as a string and the stage check would fail)."""
+    cfg = yaml.safe_load((Path(__file__).parent.parent / "config" / "default.yaml").read_text())
+    path = tmp_path / "workflow_config.yaml"
+    path.write_text(json.dumps(cfg) + "\n")
+    back = G.load_workflow_config(path)
+    assert back == cfg
+    grid = G.Grid(back, Path(__file__).parent.parent)
+    assert grid.cell("embedded-div2k", "ecdp-hybrid-c1.0").run_config(0)["train"]["stages"][2]["lr"] == 5e-05

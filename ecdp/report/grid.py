@@ -34,7 +34,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
 from .. import config as config_mod
 from ..model import DISCREPANCIES
@@ -178,7 +177,7 @@ class Grid:
             if not path.is_absolute():
                 candidates = [self.base_dir / path, REPO_ROOT / path]
                 path = next((c for c in candidates if c.exists()), candidates[0])
-            base = yaml.safe_load(path.read_text()) or {}
+            base = config_mod.yaml_load(path.read_text()) or {}
         return config_mod.deep_merge(base, m.get("set") or {})
 
     def user_config(self, dataset_key: str, variant: str, extra: dict | None = None) -> dict:
@@ -299,7 +298,7 @@ class Grid:
 
 
 def load_workflow_config(path: str | Path) -> dict:
-    return yaml.safe_load(Path(path).read_text()) or {}
+    return config_mod.yaml_load(Path(path).read_text()) or {}
 
 
 def clean_stale_training(run_yaml: str | Path, out_dir: str | Path, log=print) -> bool:
