@@ -242,7 +242,10 @@ def tiny_run(tmp_path_factory, weights_dir):
     site = install_example(work / "site")
     sys.path.insert(0, str(site))   # this process reads the grid too (the report's Context)
     importlib.invalidate_caches()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    # PYTHONUNBUFFERED: Snakemake's log reaches the file line by line, so the interrupt
+    # below comes right after the first finished training job, not at a buffer flush
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     cfg = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
     cfg["weights"] = {"dir": str(weights_dir), "offline": True}
     cfg["methods"]["l1net"] = {"set": {"method": "l1net", "data": {"workers": 0}, "model": {"channels": 8, "blocks": 2},
