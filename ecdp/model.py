@@ -28,7 +28,7 @@ import copy
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 import torch.nn.functional as F
 
 from .imresize import bicubic_upsample
@@ -152,10 +152,7 @@ class ECDP(Method):
     def presets(cls, user: dict) -> dict:
         """The Table 6 architecture named by ``model.arch`` (``custom``: none), then the
         ``protocol`` preset (its CelebA U-Net blocks applied to the ``celeba`` arch)."""
-        protocol = user.get("protocol", "paper")
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"protocol must be one of {sorted(PROTOCOLS)}, got {protocol!r}")
-        preset = copy.deepcopy(PROTOCOLS[protocol])
+        preset = super().presets(user)   # the protocol preset (checked, a copy)
         celeba_blocks = preset.pop("celeba_blocks")
         arch = (user.get("model") or {}).get("arch", DEFAULTS["model"]["arch"])
         if arch in ARCHS:
