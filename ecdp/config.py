@@ -116,14 +116,19 @@ def _positive_int(v) -> bool:
 
 
 def check_stages(cfg: dict) -> None:
-    """``train.stages`` of a resolved config: a non-empty list of stages, each with a
+    """``train.stages`` of a resolved config: a non-empty list of stages (empty for a
+    method without stage kinds, e.g. the bicubic floor), each with a
     ``kind`` of the method, ``steps`` and ``batch`` positive integers, ``lr`` a positive
     number, no unknown keys; the loop's cadences positive; ``seed`` an integer."""
     from .registry import method_class
 
     kinds = getattr(method_class(cfg["method"]), "STAGE_KINDS", None)
     stages = cfg["train"].get("stages")
-    if not isinstance(stages, list) or not stages:
+    if kinds == () and stages == []:   # a method with nothing to train (baselines.floors.Bicubic)
+        pass
+    elif kinds == ():
+        raise ValueError(f"train.stages: {cfg['method']} has nothing to train; give train.stages: []")
+    elif not isinstance(stages, list) or not stages:
         raise ValueError("train.stages: a run needs at least one training stage")
     extra = set(getattr(method_class(cfg["method"]), "STAGE_KEYS", ()))
     for i, st in enumerate(stages):

@@ -70,7 +70,8 @@ class Method(nn.Module):
         super().__init__()
         self.cfg, self.meta = cfg, meta
         self.scale = int(meta["scale"])
-        self.stage, self.stage_cfg = self.STAGE_KINDS[0], {"kind": self.STAGE_KINDS[0]}
+        first = self.STAGE_KINDS[0] if self.STAGE_KINDS else "none"   # "none": nothing to train (the bicubic floor)
+        self.stage, self.stage_cfg = first, {"kind": first}
 
     # --- configuration ------------------------------------------------------------
     @classmethod

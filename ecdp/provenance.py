@@ -32,6 +32,32 @@ def device_name(device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; else :func:`platform.processor`)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware() -> dict:
+    """The machine a number was measured on: CPU model, torch's CPU kernel capability
+    (``AVX2``, ``AVX512``, ...: which vectorised kernels torch dispatched to, so float
+    results can differ between machines of "the same kind") and the CPU count.  Runs
+    are bit-identical on one machine; across machines expect last-digit differences
+    and, for adaptive solvers, different NFE (docs/ARCHITECTURE.md, "Determinism")."""
+    import torch
+
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        capability = "unknown"
+    return {"cpu_model": cpu_model(), "torch_cpu_capability": capability, "cpu_count": os.cpu_count()}
+
+
 def versions() -> dict:
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
     from importlib import metadata
@@ -54,6 +80,7 @@ def record(seed: int | None = None, device="cpu", **extra) -> dict:
         "git_commit": os.environ.get("ECDP_GIT_COMMIT") or git_commit(),
         "device": device_name(device),
         "versions": versions(),
+        "hardware": hardware(),
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **extra,
     }

@@ -2,7 +2,8 @@
 
 A config's ``method`` names its class (:func:`method_class`):
 
-* a built-in name (:data:`BUILTIN`: ``ecdp``, ``sr3``, ``srdiff``);
+* a built-in name (:data:`BUILTIN`: ``ecdp``, ``sr3``, ``srdiff``, and the floors
+  ``bicubic`` and ``regression`` of :mod:`baselines.floors`);
 * ``"package.module:Class"``, importable from the running Python;
 * the name of an entry point in the group :data:`ENTRY_POINT_GROUP` of an installed
   package (``[project.entry-points."ecdp_bench.methods"] mymethod = "pkg.mod:Class"``).
@@ -21,6 +22,8 @@ BUILTIN = {
     "ecdp": "ecdp.model:ECDP",
     "sr3": "baselines.sr3:SR3",
     "srdiff": "baselines.srdiff:SRDiff",
+    "bicubic": "baselines.floors:Bicubic",        # the floors of every quality table
+    "regression": "baselines.floors:Regression",
 }
 ENTRY_POINT_GROUP = "ecdp_bench.methods"
 

@@ -64,6 +64,7 @@ class Cell:
     studies: list[str] = field(default_factory=list)
     trained_as: str = ""        # the variant whose training job this cell uses
     eval_sampler: dict = field(default_factory=dict)  # sampler options passed to `ecdp evaluate`
+    seeds: list[int] = field(default_factory=list)    # the seeds its studies run (Grid.study_seeds)
 
     def run_config(self, seed: int) -> dict:
         cfg = config_mod.resolve(config_mod.deep_merge(self.user, {"seed": int(seed)}))
@@ -205,6 +206,21 @@ class Grid:
         return cfg
 
     # --- cells -----------------------------------------------------------------------
+    def study_seeds(self, study: str) -> list[int]:
+        """The seeds a study runs: its own ``seeds`` (a list, or ``first``: the first of
+        the config's seeds, for studies that cost more than a seed spread is worth),
+        else the config's ``seeds``."""
+        own = (self.studies.get(study) or {}).get("seeds") if isinstance(self.studies.get(study), dict) else None
+        if own is None:
+            return list(self.seeds)
+        if own == "first":
+            return self.seeds[:1]
+        own = [int(x) for x in own]
+        unknown = [x for x in own if x not in self.seeds]
+        if unknown:
+            raise ValueError(f"studies.{study}.seeds: {unknown} not in the config's seeds {self.seeds}")
+        return own
+
     def _add(self, dataset_key: str, variant: str, study: str, extra: dict | None = None) -> Cell:
         name = self.datasets[dataset_key]["name"]
         key = (name, variant)
@@ -217,6 +233,7 @@ class Grid:
             cell.user = config_mod.deep_merge(cell.user, extra)
         if study not in cell.studies:
             cell.studies.append(study)
+        cell.seeds = sorted(set(cell.seeds) | set(self.study_seeds(study)))
         return cell
 
     def _build(self) -> None:
@@ -227,10 +244,10 @@ class Grid:
                 for v in s.get("variants", []):
                     self._add(s["dataset"], v, table)
         fig8 = st.get("figure8")
-        if fig8:
+        if fig8:   # its own validation settings, else the variant's train.validate
+            extra = {"train": {"validate": fig8["validate"]}} if fig8.get("validate") else None
             for v in fig8.get("variants", []):
-                self._add(fig8["dataset"], v, "figure8",
-                          {"train": {"validate": fig8.get("validate", {"every": 100, "patches": 8})}})
+                self._add(fig8["dataset"], v, "figure8", extra)
         proto = st.get("protocol")
         if proto:
             ds = proto["dataset"]
@@ -288,13 +305,19 @@ class Grid:
         owner = self.cells[(cell.dataset, cell.trained_as)]
         return f"{self.run_dir(results, owner, seed)}/train/final.pt"
 
+    def training_seeds(self, cell: Cell) -> list[int]:
+        """The seeds the training job of ``cell`` runs: those of every cell sharing it."""
+        owner = cell.trained_as or cell.variant
+        return sorted({s for c in self.cells.values() if c.dataset == cell.dataset
+                       and (c.trained_as or c.variant) == owner for s in c.seeds})
+
     def cell_targets(self, results: str, name: str = "metrics.csv") -> list[str]:
-        return [f"{self.run_dir(results, c, s)}/{name}" for c in self.cells.values() for s in self.seeds]
+        return [f"{self.run_dir(results, c, s)}/{name}" for c in self.cells.values() for s in c.seeds]
 
     def summary(self) -> list[dict]:
         """One row per cell: what the grid runs (for --dry-run listings and the README)."""
         return [{"dataset": c.dataset, "variant": c.variant, "method": c.method, "studies": ",".join(c.studies),
-                 "trained_as": c.trained_as, "seeds": len(self.seeds)} for c in self.cells.values()]
+                 "trained_as": c.trained_as, "seeds": len(c.seeds)} for c in self.cells.values()]
 
 
 def load_workflow_config(path: str | Path) -> dict:

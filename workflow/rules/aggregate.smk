@@ -16,13 +16,14 @@ def report_inputs(wildcards):
         inputs["timing"] = table3_outputs()
     if SAM:
         inputs["samplers"] = [f"{RESULTS}/samplers/{GRID.dataset_name(SAM['dataset'])}/{SAM['variant']}/seed{s}.csv"
-                              for s in SEEDS]
+                              for s in GRID.study_seeds("samplers")]
     if config.get("benchmark_json") and Path(config["benchmark_json"]).exists():
         inputs["benchmark"] = config["benchmark_json"]   # pytest-benchmark JSON -> results/benchmarks/
     fig8 = config["studies"].get("figure8")
     if fig8:  # val.jsonl lives beside these checkpoints
         ds = GRID.dataset_name(fig8["dataset"])
-        inputs["figure8"] = [GRID.checkpoint(RESULTS, GRID.cell(ds, v), s) for v in fig8["variants"] for s in SEEDS]
+        inputs["figure8"] = [GRID.checkpoint(RESULTS, GRID.cell(ds, v), s) for v in fig8["variants"]
+                             for s in GRID.study_seeds("figure8")]
     return inputs
 
 

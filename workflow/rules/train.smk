@@ -16,8 +16,9 @@ def run_config_json(wildcards):
         raise WorkflowError(f"{wildcards.dataset}/{wildcards.variant} shares the training job of "
                             f"{cell.trained_as}; ask for {RESULTS}/runs/{cell.dataset}/{cell.trained_as}/"
                             f"seed{wildcards.seed}/train/final.pt instead")
-    if int(wildcards.seed) not in SEEDS:
-        raise WorkflowError(f"seed {wildcards.seed} is not in the config's seeds {SEEDS}")
+    if int(wildcards.seed) not in GRID.training_seeds(cell):
+        raise WorkflowError(f"seed {wildcards.seed} is not among the seeds of {cell.dataset}/{cell.variant}: "
+                            f"{GRID.training_seeds(cell)} (config seeds {SEEDS}, studies.*.seeds)")
     return shlex.quote(json.dumps(cell.run_config(int(wildcards.seed)), sort_keys=True))
 
 
