@@ -98,11 +98,12 @@ def test_table1_rows_values_and_reasons(runs):
     assert ecdp["paper_lpips"] == pytest.approx(0.108) and ecdp["ours_lpips"] == pytest.approx(0.32)
     assert ecdp["ours_lpips_std"] == pytest.approx(np.std([0.30, 0.34], ddof=1)) and ecdp["n_seeds"] == 2
     assert ecdp["ours_params_m"] == pytest.approx(1.234567) and ecdp["note"] == ""
-    # a planned cell without results, a method we never reimplemented
-    srdiff, rrdb, irsde = row(t, "SRDiff"), row(t, "RRDB"), row(t, "IR-SDE")
+    # a planned cell without results, a floor this grid does not run, a method we never reimplemented
+    srdiff, rrdb, esrgan, irsde = row(t, "SRDiff"), row(t, "RRDB"), row(t, "ESRGAN"), row(t, "IR-SDE")
     assert math.isnan(srdiff["ours_lpips"]) and srdiff["note"].startswith("no result")
-    assert math.isnan(rrdb["ours_psnr"]) and "not reimplemented: paper value only" in rrdb["note"]
+    assert math.isnan(rrdb["ours_psnr"]) and rrdb["variant"] == "regression" and rrdb["note"] == "not in this profile"
     assert rrdb["paper_psnr"] == pytest.approx(29.44)
+    assert math.isnan(esrgan["ours_psnr"]) and "not reimplemented: paper value only" in esrgan["note"]
     assert "IR-SDE not reimplemented" in irsde["note"]
     assert "embedded (small-scale smoke run, not comparable with the paper)" in t.caption
 
@@ -323,18 +324,20 @@ def test_report_end_to_end(runs, tmp_path):
     wf.write_text(yaml.safe_dump(load_config("default")))
     out = report_cli.report(results, workflow_config=wf, benchmarks_dir=results / "logs/benchmarks",
                             base_dir=ROOT, log=lambda *a: None)
-    assert len(out["tables"]) == 24  # 7 paper tables + the sampler study, 3 formats each
+    assert len(out["tables"]) == 27  # 7 paper tables + the sampler study + the claims, 3 formats each
+    claims = pd.read_csv(results / "tables/claims.csv")
+    assert set(claims["verdict"]) <= {"holds", "contradicted", "inconclusive"} and len(claims) >= 20
     assert "Sampler study" in (results / "tables/samplers.md").read_text()
     figs = {p.name for p in out["figures"]}
     assert {"figure8.png", "lpips_vs_seconds.png", "lpips_vs_nfe.png", "grid_embedded-div2k.png"} <= figs
     meta = json.loads((results / "run_metadata.json").read_text())
-    assert meta["profile"] == "embedded" and meta["seeds"] == [0]
+    assert meta["profile"] == "embedded" and meta["seeds"] == [0, 1, 2]
     assert meta["benchmarks"]["jobs"] == 2 and meta["wall_time_s"] == pytest.approx(40.0, abs=1.0)
     assert meta["benchmarks"]["job_seconds_total"] == pytest.approx(30.0)
-    for key in ("git_commit", "versions", "devices", "cells"):
+    for key in ("git_commit", "versions", "devices", "cells", "hardware_of_report"):
         assert key in meta
     readme = (results / "README.md").read_text()
-    assert "tables/table1.md" in readme and "figures/figure8.png" in readme
+    assert "tables/table1.md" in readme and "figures/figure8.png" in readme and "claims at this scale" in readme
     assert "embedded (small-scale smoke run" in readme and "Planned cells without results" in readme
     t1 = (results / "tables/table1.md").read_text()
     assert "not reimplemented: paper value only" in t1 and "embedded (small-scale smoke run" in t1

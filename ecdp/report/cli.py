@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import claims as claims_mod
 from . import figures as figures_mod
 from . import tables as tables_mod
 
@@ -72,7 +73,7 @@ def _utc(t: float) -> str:
 
 def run_metadata(results: Path, runs: pd.DataFrame, timing: pd.DataFrame, ctx, benchmarks_dir: Path | None,
                  start_marker: Path | None, grid=None) -> dict:
-    from ..provenance import git_commit, versions
+    from ..provenance import git_commit, hardware, versions
 
     devices = set()
     for df in (runs, timing):
@@ -87,6 +88,8 @@ def run_metadata(results: Path, runs: pd.DataFrame, timing: pd.DataFrame, ctx, b
         "git_commit": git_commit(),
         "git_commits_of_runs": commits,
         "versions": versions(),
+        "hardware_of_report": hardware(),
+        "hardware_of_runs": _run_hardware(runs),
         "devices": sorted(devices),
         "runs_evaluated": int(len(runs)),
         "cells_planned": len(grid.cells) if grid is not None else None,
@@ -103,9 +106,25 @@ def run_metadata(results: Path, runs: pd.DataFrame, timing: pd.DataFrame, ctx, b
             pass
     if grid is not None:
         done = set(zip(runs["dataset"], runs["variant"], runs["seed"].astype(int))) if not runs.empty else set()
-        meta["cells"] = [{**row, "seeds_done": sum((row["dataset"], row["variant"], s) in done for s in grid.seeds)}
+        meta["cells"] = [{**row, "seeds_done": sum((row["dataset"], row["variant"], s) in done
+                                                   for s in grid.cell(row["dataset"], row["variant"]).seeds)}
                          for row in grid.summary()]
     return meta
+
+
+def _run_hardware(runs: pd.DataFrame) -> list[dict]:
+    """The distinct ``provenance.hardware`` records of the evaluated runs."""
+    seen = []
+    if runs is None or runs.empty or "run_dir" not in runs:
+        return seen
+    for d in runs["run_dir"]:
+        try:
+            hw = json.loads((Path(d) / "summary.json").read_text()).get("provenance", {}).get("hardware")
+        except (OSError, json.JSONDecodeError):
+            continue
+        if hw and hw not in seen:
+            seen.append(hw)
+    return seen
 
 
 # --------------------------------------------------------------------------- README
@@ -125,6 +144,19 @@ def readme(results: Path, tables: dict, figures: list[Path], meta: dict, runs: p
              f"- **Workflow wall time:** {_fmt(meta.get('wall_time_s'), 0) or '-'} s "
              "(first job start to last job end, from the benchmark files)",
              "- Metadata: [run_metadata.json](run_metadata.json)", "",
+             "Runs are bit-identical on one machine; on another machine of the same kind the last digits and "
+             "the adaptive solver's NFE can differ (CPU model and torch's CPU capability are in each run's "
+             "provenance): comparisons rest on the seed spread, never on one run.", ""]
+    claims = tables.get("claims")
+    if claims is not None and claims.rows:
+        lines += ["## The paper's claims at this scale", "", claims.caption, "",
+                  "| claim | dataset | A | B | A - B | 95 % interval | verdict | note |", "|---|---|---|---|---:|---|---|---|"]
+        for r in claims.rows:
+            ci = claims.formats["ci"](r)
+            lines.append(f"| {r['claim']} ({r['paper']}) | {r['dataset']} | {r['a']} | {r['b']} | "
+                         f"{claims.formats['diff'](r)} {r['metric']} | {ci} | {r['verdict']} | {r['note']} |")
+        lines.append("")
+    lines += [
              "## Tables", "",
              "Each table has the paper's value beside ours; an empty cell was not run and its Note says why.", ""]
     for name, t in tables.items():
@@ -180,7 +212,13 @@ def report(results: str | Path = "results", out: str | Path | None = None, workf
     timing = tables_mod.collect_timing(results)
     samplers = collect_samplers(results)
 
+    conv = claims_mod.convergence(runs)
+    ctx.convergence = claims_mod.convergence_summary(conv)
     tables = tables_mod.build_tables(runs, timing, ctx)
+    claims_df = None
+    if grid is not None and grid.config.get("claims"):
+        claims_df = claims_mod.test_claims(results, grid.config["claims"], ctx, timing, ctx.convergence)
+        tables["claims"] = claims_mod.claims_table(claims_df, ctx)
     for name, df in samplers:  # results/samplers/<dataset>/<variant>/seed<k>.csv
         tname = "samplers" if len(samplers) == 1 else f"samplers_{name}"
         tables[tname] = tables_mod.sampler_table(df, ctx, tname, source=name)
@@ -197,6 +235,13 @@ def report(results: str | Path = "results", out: str | Path | None = None, workf
                          for t in ("table1", "table2", "table4") if grid.studies.get(t)}
     figs = figures_mod.make_figures(results, runs, out / "figures", fig8_dataset=fig8_ds, grid_datasets=grid_datasets,
                                     samplers=samplers, profile_label=ctx.profile_label, fig8_variants=fig8_variants)
+    for ds in (sorted(runs["dataset"].unique()) if not runs.empty else []):   # every method's training curve
+        variants = {v: ctx.label(v) for v in runs[runs["dataset"] == ds]["variant"].unique()}
+        figs.append(figures_mod.training_curves(results, out / "figures" / f"training_{ds}.png", ds, variants,
+                                                ctx.profile_label))
+    if claims_df is not None:
+        figs.append(figures_mod.claims_forest(claims_df, out / "figures" / "claims.png", ctx.profile_label))
+    figs = [p for p in figs if p is not None]
 
     bench_files: list[Path] = []
     if benchmark_json and Path(benchmark_json).exists():

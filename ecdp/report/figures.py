@@ -214,3 +214,61 @@ def make_figures(results: str | Path, runs: pd.DataFrame, out_dir: str | Path, *
     for ds, variants in grid_datasets.items():
         written.append(visual_grid(results, out_dir / f"grid_{ds}.png", ds, variants, profile_label=profile_label))
     return [p for p in written if p is not None and not (isinstance(p, float) and math.isnan(p))]
+
+
+# --------------------------------------------------------------------------- training curves
+
+def training_curves(results: str | Path, out: str | Path, dataset: str, variants: dict[str, str],
+                    profile_label: str = "") -> Path | None:
+    """Validation LPIPS against training step of every variant (name -> label) with a
+    ``val.jsonl`` on ``dataset``: mean over seeds, band = s.d."""
+    import seaborn as sns
+
+    df = read_validation(results, dataset, variants)
+    if df.empty or "lpips" not in df:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    order = [v for v in variants.values() if v in set(df["parametrization"])]
+    sns.lineplot(data=df, x="step", y="lpips", hue="parametrization", errorbar="sd", marker="o", markersize=3,
+                 ax=ax, hue_order=order)
+    ax.set_xlabel("training step (all stages)")
+    ax.set_ylabel("validation LPIPS (EMA weights) ↓")
+    ax.legend(fontsize=7, title=None)
+    ax.set_title(f"Training curves ({dataset}), n = {df['seed'].nunique()} seed(s)\n{_subtitle(profile_label)}",
+                 fontsize=9)
+    return _save(fig, Path(out))
+
+
+# --------------------------------------------------------------------------- claims
+
+def claims_forest(claims: pd.DataFrame, out: str | Path, profile_label: str = "") -> Path | None:
+    """Each claim's difference A - B with its 95 % interval against zero, one panel per
+    metric (units differ), coloured by verdict."""
+    if claims is None or claims.empty or claims["diff"].isna().all():
+        return None
+    df = claims[claims["diff"].notna()]
+    metrics = list(dict.fromkeys(df["metric"]))
+    plt = _plt()
+    heights = [max(1, (df["metric"] == m).sum()) for m in metrics]
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(8, 0.28 * sum(heights) + 1.2 * len(metrics)),
+                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    colours = {"holds": "tab:green", "contradicted": "tab:red", "inconclusive": "tab:gray"}
+    for ax, m in zip(axes[:, 0], metrics):
+        g = df[df["metric"] == m].reset_index(drop=True)
+        y = range(len(g))[::-1]
+        for yi, r in zip(y, g.itertuples(index=False)):
+            c = colours.get(r.verdict, "k")
+            ax.errorbar(r.diff, yi, xerr=[[r.diff - r.lo], [r.hi - r.diff]], fmt="o", color=c, capsize=2, ms=4)
+        ax.axvline(0, color="k", lw=0.8)
+        for r in g.itertuples(index=False):
+            if r.test == "no_worse" and r.margin:
+                ax.axvline(r.margin if m in ("lpips", "seconds") else -r.margin, color="k", lw=0.6, ls=":")
+                break
+        ax.set_yticks(list(y))
+        ax.set_yticklabels([f"{r.a} vs {r.b} ({r.dataset})" for r in g.itertuples(index=False)], fontsize=7)
+        better = "higher is better for A" if m in ("psnr", "ssim") else "lower is better for A"
+        ax.set_xlabel(f"A - B in {m} ({better}); green holds, red contradicted, grey inconclusive", fontsize=7)
+    fig.suptitle(f"The paper's claims: A - B with 95 % intervals\n{_subtitle(profile_label)}", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, Path(out))

@@ -6,7 +6,8 @@ Every table has the paper's rows in the paper's order.  For each row the paper's
 stands beside ours.  A cell we did not run stays empty and the row's *Note* says why:
 
 * "... not reimplemented: paper value only" for methods this suite does not
-  implement (RRDB, ESRGAN, SRFlow, HCFlow, IR-SDE, GDP, DiffPIR);
+  implement (ESRGAN, SRFlow, HCFlow, IR-SDE, GDP, DiffPIR; RRDB's row holds the
+  ``regression`` floor of ``baselines/floors.py``);
 * "not in this profile" when the workflow config does not run that cell;
 * "no result: ..." when the cell was planned but its run has not finished.
 
@@ -33,9 +34,10 @@ PROFILE_LABELS = {
     "paper": "paper (full protocol: paper datasets, paper-scale architectures, released training recipe)",
 }
 
-_NON_DIFFUSION = "RRDB/ESRGAN/SRFlow/HCFlow (non-diffusion baselines) not reimplemented: paper value only"
-NOT_REIMPLEMENTED = {
-    "RRDB": _NON_DIFFUSION, "ESRGAN": _NON_DIFFUSION, "SRFlow": _NON_DIFFUSION, "HCFlow": _NON_DIFFUSION,
+_NON_DIFFUSION = "ESRGAN/SRFlow/HCFlow (non-diffusion baselines) not reimplemented: paper value only"
+NOT_REIMPLEMENTED = {   # RRDB: the `regression` floor (baselines/floors.py) sits in its row
+    "RRDB": "RRDB: no `regression` variant in this grid (baselines/floors.py): paper value only",
+    "ESRGAN": _NON_DIFFUSION, "SRFlow": _NON_DIFFUSION, "HCFlow": _NON_DIFFUSION,
     "IR-SDE": "IR-SDE not reimplemented: paper value only",
     "GDP": "GDP (zero-shot, pretrained unconditional model) not reimplemented: paper value only",
     "DiffPIR": "DiffPIR (zero-shot, pretrained unconditional model) not reimplemented: paper value only",
@@ -61,9 +63,9 @@ TABLES = {
                "title": "Time to generate one 256x256 HR image (seconds) and network evaluations (NFE)"},
     "table4": {"paper_table": 4, "dataset": "celeba", "kind": "quality", "bold": True, "params": True,
                "title": "8x face super-resolution on CelebA"},
-    "table5": {"paper_table": 5, "dataset": "div2k", "kind": "quality", "bold": False, "ablation": True,
+    "table5": {"paper_table": 5, "dataset": "div2k", "kind": "quality", "bold": False, "ablation": True, "params": True,
                "title": "Ablation of the parametrization and the image quality loss (DIV2K 4x)"},
-    "table7": {"paper_table": 7, "dataset": "div2k", "kind": "quality", "bold": False,
+    "table7": {"paper_table": 7, "dataset": "div2k", "kind": "quality", "bold": False, "params": True,
                "title": "The image quality loss on other diffusion methods (DIV2K 4x)"},
 }
 METRICS = (("lpips", "LPIPS", False, 3), ("psnr", "PSNR", True, 2), ("ssim", "SSIM", True, 3))
@@ -169,6 +171,7 @@ class Context:
     paper_rows: dict = field(default_factory=dict)      # variant -> paper rows it sits beside
     labels: dict = field(default_factory=dict)          # variant -> display label
     study_variants: dict = field(default_factory=dict)  # study -> its variants, in config order
+    convergence: dict = field(default_factory=dict)     # (dataset, variant) -> ecdp.report.claims.convergence_summary
 
     @staticmethod
     def _variant_info(variants: dict) -> tuple[dict, dict]:
@@ -326,6 +329,9 @@ def quality_table(name: str, paper: pd.DataFrame, agg: pd.DataFrame, ctx: Contex
         row["nfe"] = ours["nfe"] if ours else math.nan
         row["seconds_per_image"] = ours["seconds_per_image"] if ours else math.nan
         row["n_seeds"] = int(ours["n_seeds"]) if ours else 0
+        row["n_images"] = int(ours["n_images"]) if ours and not math.isnan(ours["n_images"]) else 0
+        conv = ctx.convergence.get((ds, variant)) if variant else None
+        row["converged"] = conv["text"] if conv else ""
         row["note"] = note
         group = added_idx if r is None else (diff_idx if str(r.family).startswith("diffusion") or r.family == "ablation"
                                              else nondiff_idx)
@@ -339,7 +345,7 @@ def quality_table(name: str, paper: pd.DataFrame, agg: pd.DataFrame, ctx: Contex
         columns += [f"paper_{m}", f"ours_{m}", f"ours_{m}_std"]
     if spec.get("params"):
         columns += ["paper_params_m", "ours_params_m"]
-    columns += ["nfe", "seconds_per_image", "n_seeds", "note"]
+    columns += ["nfe", "seconds_per_image", "n_seeds", "n_images", "converged", "note"]
 
     display = [("Method", "label")]
     if spec.get("ablation"):
@@ -355,7 +361,8 @@ def quality_table(name: str, paper: pd.DataFrame, agg: pd.DataFrame, ctx: Contex
         display += [("#Params (M) paper", "paper_params_m"), ("#Params (M) ours", "ours_params_m")]
         formats["paper_params_m"] = lambda row: _fmt(row["paper_params_m"], 1)
         formats["ours_params_m"] = lambda row: _fmt(row["ours_params_m"], 2)
-    display += [("NFE", "nfe"), ("s/img", "seconds_per_image"), ("Note", "note")]
+    display += [("NFE", "nfe"), ("s/img", "seconds_per_image"), ("Converged", "converged"), ("Note", "note")]
+    formats["converged"] = lambda row: row.get("converged", "")
     formats["nfe"] = lambda row: _fmt(row["nfe"], 0)
     formats["seconds_per_image"] = lambda row: _fmt(row["seconds_per_image"], 2)
     formats["note"] = lambda row: row["note"]
@@ -368,6 +375,12 @@ def quality_table(name: str, paper: pd.DataFrame, agg: pd.DataFrame, ctx: Contex
     groups = ([g for g in (nondiff_idx, diff_idx, added_idx) if g] if spec.get("bold")
               else [g for g in (nondiff_idx + diff_idx, added_idx) if g])
     extra = " Bold: best diffusion-based result per column (paper and ours separately)." if spec.get("bold") else ""
+    ns = sorted({(r["n_images"], r["n_seeds"]) for r in rows if r.get("n_seeds")})
+    if ns:
+        extra += " n = " + ", ".join(f"{i} images x {k} seed{'s' if k > 1 else ''}" for i, k in ns) + " per row."
+    if ctx.convergence:
+        extra += (" Converged: validation LPIPS improved by less than 3 % over the last quarter of training "
+                  "(in brackets: how much it moved; ecdp/report/claims.py).")
     cap = _caption(spec["title"] + f" ({ds})", ctx, spec["paper_table"], _convention(agg[agg["dataset"] == ds]
                                                                                      if not agg.empty else agg), extra)
     return Table(name, cap, columns, rows, display, groups, bold, formats)
@@ -488,7 +501,8 @@ def protocol_table(paper: pd.DataFrame, agg: pd.DataFrame, ctx: Context) -> Tabl
         display += [(f"{title}{arrow} paper", f"paper_{m}"), (f"{title}{arrow} ours", f"ours_{m}")]
         formats[f"paper_{m}"] = (lambda row, m=m: _fmt(row[f"paper_{m}"], PAPER_DIGITS[m]))
         formats[f"ours_{m}"] = (lambda row, m=m, d=digits: _fmt_ours(row, m, d))
-    display += [("NFE", "nfe"), ("s/img", "seconds_per_image"), ("Note", "note")]
+    display += [("NFE", "nfe"), ("s/img", "seconds_per_image"), ("Converged", "converged"), ("Note", "note")]
+    formats["converged"] = lambda row: row.get("converged", "")
     formats["nfe"] = lambda row: _fmt(row["nfe"], 0)
     formats["seconds_per_image"] = lambda row: _fmt(row["seconds_per_image"], 2)
     formats["note"] = lambda row: row["note"]
@@ -597,7 +611,8 @@ def _cell(table: Table, i: int, key: str) -> str:
     return table.formats[key](table.rows[i]) if key in table.formats else str(table.rows[i].get(key, ""))
 
 
-_TEXT_KEYS = {"label", "note", "setting", "config_path", "sampler", "device", "dataset", "paper_value",
+_TEXT_KEYS = {"label", "note", "setting", "converged", "claim", "paper", "a", "b", "verdict", "ci",
+              "metric", "id", "config_path", "sampler", "device", "dataset", "paper_value",
               "released_value", "l_quality_mark", "target_mark",
               "error_target_mark", "hr_size"}
 
@@ -632,7 +647,7 @@ def _md_escape(text: str) -> str:
 
 
 def to_markdown(table: Table) -> str:
-    title = {"protocol": "Protocol table"}.get(table.name, table.name.replace("table", "Table "))
+    title = {"protocol": "Protocol table", "claims": "Claims"}.get(table.name, table.name.replace("table", "Table "))
     if table.name.startswith("samplers"):
         title = "Sampler study"
     lines = [f"**{title}.** {_md_escape(table.caption)}", "",

@@ -6,7 +6,7 @@
 # the grid and a results folder from an earlier run (a fresh clone's committed one)
 # never keeps an older config.
 
-TABLES = ["table1", "table2", "table3", "table4", "table5", "table7", "protocol"]
+TABLES = ["table1", "table2", "table3", "table4", "table5", "table7", "protocol"] + (["claims"] if config.get("claims") else [])
 CAPTIONS = "../report"  # relative to this rule file
 
 
