@@ -191,3 +191,61 @@ def test_metrics_refuse_an_sr_image_larger_than_its_hr(tmp_path, capsys):
     save_image(hr, tmp_path / "hr.png")
     assert main(["metrics", str(tmp_path / "sr.png"), str(tmp_path / "hr.png"), "--lpips-net", "none"]) == 2
     assert "larger than HR" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- item 7: prepared datasets are verified
+
+def _prepared_celeba(tmp_path):
+    from ecdp.data.prepare import prepare
+
+    return prepare("embedded-celeba", tmp_path / "data", progress=False)
+
+
+def test_a_damaged_prepared_dataset_is_refused_on_every_use_and_rebuilt_on_request(tmp_path, capsys):
+    from ecdp.cli import main
+    from ecdp.data.paired import DatasetDamaged, TrainPatches, read_meta
+
+    root = _prepared_celeba(tmp_path)
+    assert (root / "files.json").exists()
+    victims = sorted((root / "train" / "HR").iterdir())[:3]
+    for p in victims:
+        p.unlink()
+    with pytest.raises(DatasetDamaged, match=f"train/HR/{victims[0].name} missing"):
+        read_meta(root)
+    with pytest.raises(DatasetDamaged):
+        TrainPatches(root, 64)
+    assert main(["data", "prepare", "embedded-celeba", "--root", str(root.parent), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "is damaged" in err and "--force" in err and len(err.strip().splitlines()) == 1
+    assert main(["data", "prepare", "embedded-celeba", "--root", str(root.parent), "--no-progress", "--force"]) == 0
+    assert main(["data", "verify", "embedded-celeba", "--root", str(root.parent)]) == 0
+    assert "24 files match" in capsys.readouterr().out
+    assert read_meta(root)["counts"] == {"train": 9, "test": 3}
+
+
+def test_data_verify_finds_a_changed_byte_that_the_cheap_check_lets_pass(tmp_path, capsys):
+    from ecdp.cli import main
+    from ecdp.data.paired import check_files, read_meta
+
+    root = _prepared_celeba(tmp_path)
+    p = sorted((root / "test" / "LR").iterdir())[0]
+    b = bytearray(p.read_bytes())
+    b[-20] ^= 1
+    p.write_bytes(bytes(b))
+    read_meta(root)   # same size: the check on every use is names and sizes only
+    assert main(["data", "verify", "embedded-celeba", "--root", str(root.parent)]) == 1
+    assert f"test/LR/{p.name} changed (sha256)" in capsys.readouterr().out
+    (root / "test" / "HR" / "extra.png").write_bytes(b"x")
+    with pytest.raises(ValueError, match="extra.png not prepared here"):
+        check_files(root)
+
+
+def test_a_dataset_prepared_before_files_json_is_checked_by_its_counts(tmp_path):
+    from ecdp.data.paired import DatasetDamaged, read_meta
+
+    root = _prepared_celeba(tmp_path)
+    (root / "files.json").unlink()
+    read_meta(root)
+    sorted((root / "test" / "HR").iterdir())[0].unlink()
+    with pytest.raises(DatasetDamaged, match="test/HR has 2 images, meta.json says 3"):
+        read_meta(root)

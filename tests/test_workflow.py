@@ -60,8 +60,10 @@ def dry_run(workdir: Path, *args: str) -> tuple[str, dict[str, int]]:
 def test_dry_run_default_lists_every_table(tmp_path):
     out, counts = dry_run(tmp_path)
     assert counts["prepare_embedded"] == 1 and counts["fetch_weights"] == 1
-    # 22 cells, 21 training jobs: the ode-tolerance row shares the training of ECDP (c = 1.0)
-    assert counts["train"] == 21 and counts["evaluate"] == 22
+    # 28 cells (22 + the two floors on three datasets), 27 training configs: the ode-tolerance
+    # row shares the training of ECDP (c = 1.0); seeds 0-2, but the protocol table's five
+    # cells run the first seed only (studies.protocol.seeds: first): 23 x 3 + 5 evaluations
+    assert counts["train"] == 23 * 3 + 4 and counts["evaluate"] == 23 * 3 + 5
     assert counts["time_table3"] == 1 and counts["sampler_study"] == 1 and counts["aggregate"] == 1
     cell = "results/runs/embedded-{}/{}/seed0/metrics.csv"
     for ds, variant in [("div2k", "ecdp-hybrid-c1.0"), ("div2k", "sr3"), ("div2k", "srdiff"),           # Table 1
@@ -72,7 +74,8 @@ def test_dry_run_default_lists_every_table(tmp_path):
                         ("div2k", "sr3pp"), ("div2k", "srdiffpp"), ("div2k", "ecdp-noprobflow"),        # Table 7
                         ("div2k", "ecdp-official"), ("div2k", "ecdp-paper-but-ode_tolerance"),          # protocol
                         ("div2k", "ecdp-paper-but-sigma"), ("div2k", "ecdp-paper-but-mu_kernel"),
-                        ("div2k", "ecdp-paper-but-quality_stage")]:
+                        ("div2k", "ecdp-paper-but-quality_stage"),
+                        ("div2k", "bicubic"), ("div2k", "regression"), ("celeba", "bicubic")]:          # floors
         assert cell.format(ds, variant) in out, (ds, variant)
     for t in TABLES:
         for ext in ("csv", "tex", "md"):

@@ -1,9 +1,11 @@
 """``ecdp data``: ``list`` the registry, ``prepare`` datasets (download, verify,
-extract, degrade, estimate sigma^2)."""
+extract, degrade, estimate sigma^2), ``verify`` a prepared dataset's files (sha256
+against its ``files.json``; every use checks names and sizes)."""
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 import time
 
 from .registry import ALIASES, REGISTRY, get_spec, resolve_names
@@ -24,6 +26,11 @@ def add_cli(parser: argparse.ArgumentParser) -> None:
                    help="override a dataset option, e.g. test_limit=1000 (VALUE parsed as JSON when possible)")
     p.add_argument("--workers", type=int, default=1, help="processes for image conversion")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--force", action="store_true",
+                   help="rebuild a prepared dataset (e.g. one `ecdp data verify` found damaged)")
+    v = sub.add_parser("verify", help="check a prepared dataset's files against its files.json (size and sha256)")
+    v.add_argument("names", nargs="+", metavar="NAME", help="prepared dataset folder name(s) under --root")
+    v.add_argument("--root", required=True, help="folder holding prepared datasets")
     sub.add_parser("list", help="the dataset registry")
 
 
@@ -62,8 +69,25 @@ def run_cli(args) -> int:
     from .extract import UnsafeArchiveError
     from .prepare import PrepareError, is_prepared, plan, prepare
 
+    from .paired import DatasetDamaged, check_files
+
     if args.data_command == "list":
         return _list()
+    if args.data_command == "verify":
+        bad = 0
+        for name in args.names:
+            folder = Path(args.root) / name
+            if not is_prepared(args.root, name):
+                raise CLIError(f"{folder} is not a prepared dataset (no .complete marker)")
+            try:
+                n = check_files(folder, full=True)
+            except DatasetDamaged as e:
+                print(f"{name}: {e}")
+                bad += 1
+                continue
+            print(f"{name}: ok, {n} files match files.json (sha256)" if (folder / "files.json").exists()
+                  else f"{name}: ok, image counts match meta.json (prepared before files.json: no sha256 to check)")
+        return 1 if bad else 0
     try:
         names = resolve_names(args.names)
     except KeyError as e:
@@ -74,7 +98,11 @@ def run_cli(args) -> int:
             print("\n".join(plan(name, args.root, args.source_dir, args.download_dir)))
         return 0
     for name in names:
-        if is_prepared(args.root, name):
+        if is_prepared(args.root, name) and not args.force:
+            try:
+                check_files(Path(args.root) / name)
+            except DatasetDamaged as e:
+                raise CLIError(str(e)) from None
             print(f"{name}: already prepared in {args.root}/{name}")
             continue
         spec_opts = {k: v for k, v in options.items() if k in get_spec(name).options}
@@ -84,8 +112,9 @@ def run_cli(args) -> int:
         t0 = time.perf_counter()
         try:
             out = prepare(name, args.root, source_dir=args.source_dir, download_dir=args.download_dir,
-                          limit=args.limit, options=spec_opts, workers=args.workers, progress=not args.no_progress)
-        except (DownloadError, UnsafeArchiveError, PrepareError, FileNotFoundError) as e:
+                          limit=args.limit, options=spec_opts, workers=args.workers, progress=not args.no_progress,
+                          force=args.force)
+        except (DownloadError, UnsafeArchiveError, PrepareError, FileNotFoundError, DatasetDamaged) as e:
             raise CLIError(f"{name}: {e}") from None
         meta = json.loads((out / "meta.json").read_text())
         sig = meta["sigma2"]

@@ -27,11 +27,95 @@ from torch.utils.data import Dataset, Sampler
 from ..imageio import list_images, load_image
 
 
-def read_meta(root: str | Path) -> dict:
+MANIFEST = "files.json"   # relative path -> [bytes, sha256] of every prepared image (written by prepare)
+
+
+class DatasetDamaged(ValueError):
+    """A prepared dataset whose files no longer match what ``prepare`` wrote."""
+
+
+def image_files(root: Path) -> dict[str, Path]:
+    """Every image of the layout (``{train,test}/{HR,LR}/*``) by its relative path."""
+    out = {}
+    for split in ("train", "test"):
+        for kind in ("HR", "LR"):
+            for p in list_images(root / split / kind):
+                out[f"{split}/{kind}/{p.name}"] = p
+    return out
+
+
+def write_manifest(root: str | Path) -> dict:
+    """``files.json``: size and sha256 of every image (called by ``prepare`` before ``.complete``)."""
+    import hashlib
+
+    root = Path(root)
+    files = {}
+    for rel, p in sorted(image_files(root).items()):
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        files[rel] = [p.stat().st_size, h.hexdigest()]
+    (root / MANIFEST).write_text(json.dumps(files, indent=0) + "\n")
+    return files
+
+
+def _damage(root: Path, files: dict[str, Path], manifest: dict, full: bool) -> list[str]:
+    import hashlib
+
+    problems = [f"{rel} missing" for rel in manifest if rel not in files]
+    problems += [f"{rel} not prepared here" for rel in files if rel not in manifest]
+    for rel, (size, digest) in manifest.items():
+        p = files.get(rel)
+        if p is None:
+            continue
+        if p.stat().st_size != size:
+            problems.append(f"{rel} changed ({p.stat().st_size} bytes, prepared {size})")
+        elif full:
+            h = hashlib.sha256()
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            if h.hexdigest() != digest:
+                problems.append(f"{rel} changed (sha256)")
+    return problems
+
+
+def check_files(root: str | Path, meta: dict | None = None, full: bool = False) -> int:
+    """Raise :class:`DatasetDamaged` (one line, the first problems named) unless the
+    prepared images are those ``prepare`` wrote: names and byte sizes against
+    ``files.json`` (cheap: one ``stat`` per file, on every use), and with ``full`` their
+    sha256 (``ecdp data verify``).  A dataset prepared before ``files.json`` existed is
+    checked by its image counts against ``meta.json``.  Returns the number of files."""
+    root = Path(root)
+    files = image_files(root)
+    man_path = root / MANIFEST
+    if man_path.exists():
+        problems = _damage(root, files, json.loads(man_path.read_text()), full)
+    else:
+        meta = meta if meta is not None else json.loads((root / "meta.json").read_text())
+        problems = []
+        for split, n in (meta.get("counts") or {}).items():
+            have = sum(1 for rel in files if rel.startswith(f"{split}/HR/"))
+            if have != n:
+                problems.append(f"{split}/HR has {have} images, meta.json says {n}")
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise DatasetDamaged(f"{root} is damaged: {'; '.join(problems[:3])}{more}; rebuild it with "
+                             f"`ecdp data prepare {root.name} --root {root.parent} --force`")
+    return len(files)
+
+
+def read_meta(root: str | Path, verify: bool = True) -> dict:
+    """``meta.json`` of a prepared dataset; with ``verify`` (default) its files are
+    checked cheaply first (:func:`check_files`)."""
     root = Path(root)
     if not (root / ".complete").exists():
         raise FileNotFoundError(f"{root} is not a prepared dataset (no .complete marker); run `ecdp data prepare`")
-    return json.loads((root / "meta.json").read_text())
+    meta = json.loads((root / "meta.json").read_text())
+    if verify:
+        check_files(root, meta)
+    return meta
 
 
 def pair_paths(root: str | Path, split: str) -> list[tuple[Path, Path]]:

@@ -39,7 +39,7 @@ from ..imresize import bicubic_upsample, imresize
 from . import embedded
 from .download import ChecksumError, download, file_lock, verify_file
 from .extract import extract
-from .paired import pair_paths
+from .paired import check_files, pair_paths, write_manifest
 from .registry import DatasetSpec, get_spec
 
 __all__ = ["prepare", "plan", "estimate_sigma2", "estimate_sigma2_all", "make_pair", "is_prepared",
@@ -505,17 +505,22 @@ def _build(spec: DatasetSpec, tmp: Path, downloads: Path, inputs: dict[str, Path
         "options": spec.options, "limit": limit,
     }
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_manifest(tmp)   # files.json: size + sha256 of every image, checked on every use
     (tmp / COMPLETE).write_text("")
 
 
 def prepare(dataset: str | DatasetSpec, root: str | os.PathLike, *, source_dir: str | os.PathLike | None = None,
             download_dir: str | os.PathLike | None = None, limit: int | None = None,
-            options: dict[str, Any] | None = None, workers: int = 1, progress: bool = True) -> Path:
+            options: dict[str, Any] | None = None, workers: int = 1, progress: bool = True,
+            force: bool = False) -> Path:
     """Prepare one dataset under ``root`` (see the module docstring); returns ``root/NAME``.
 
     ``dataset``: a registry name or a :class:`DatasetSpec` (tests point one at a local
     server).  ``limit``: at most that many images per split (smoke runs; recorded in
-    meta.json).  ``options``: overrides of ``spec.options`` (e.g. ``test_limit``)."""
+    meta.json).  ``options``: overrides of ``spec.options`` (e.g. ``test_limit``).
+    A prepared folder is checked (:func:`ecdp.data.paired.check_files`) and returned;
+    a damaged one raises :class:`ecdp.data.paired.DatasetDamaged` unless ``force``, which
+    rebuilds it."""
     spec = get_spec(dataset) if isinstance(dataset, str) else dataset
     if options:
         unknown = set(options) - set(spec.options)
@@ -524,12 +529,14 @@ def prepare(dataset: str | DatasetSpec, root: str | os.PathLike, *, source_dir: 
         spec = dataclasses.replace(spec, options={**spec.options, **options})
     root = Path(root)
     final = root / spec.name
-    if (final / COMPLETE).exists():
+    if (final / COMPLETE).exists() and not force:
+        check_files(final)
         return final
     root.mkdir(parents=True, exist_ok=True)
     downloads = Path(download_dir) if download_dir else root / DOWNLOADS
     with file_lock(root / f".{spec.name}.lock"), single_threaded_torch():
-        if (final / COMPLETE).exists():
+        if (final / COMPLETE).exists() and not force:
+            check_files(final)
             return final
         inputs = _fetch_inputs(spec, downloads, Path(source_dir) if source_dir else None, progress)
         tmp = root / f"{spec.name}.tmp"
