@@ -33,6 +33,29 @@ def atomic_open(path: str | Path, mode: str = "wb"):
         raise
 
 
+def check_writable(path: str | Path) -> Path:
+    """Raise ``ValueError`` (one line) unless a file can be written at ``path``: not a
+    folder, no file among its parents, and its folder takes a new file (probed with a
+    temporary file, removed at once; ``/proc`` and read-only mounts fail here).  Called
+    before the work whose result goes there."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder, not a file")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"{path}: {parent} is a file, not a folder")
+        if parent.exists():
+            break
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".probe.", dir=path.parent)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise ValueError(f"{path}: cannot write there ({e.strerror or e})") from None
+    return path
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -343,9 +343,17 @@ def lpips_tiled(model: torch.nn.Module, x0: torch.Tensor, x1: torch.Tensor, net:
     return sum(s / c for s, c in zip(sums, counts))
 
 
+#: the smallest image side each LPIPS trunk accepts (its last feature map must keep a pixel)
+LPIPS_MIN_SIDE = {"alex": 31, "vgg": 16}
+
+
 def lpips_prepared(sr: torch.Tensor, hr: torch.Tensor, net: str = "alex", device=None, weights_dir=None,
                    tile: int | None | str = "auto") -> float:
     """LPIPS of already :func:`prepare`-d images (full RGB, no crop)."""
+    side = min(sr.shape[-2:])
+    if side < LPIPS_MIN_SIDE.get(net, 0):
+        raise ValueError(f"LPIPS-{net} needs images of at least {LPIPS_MIN_SIDE[net]} px on each side, got "
+                         f"{tuple(sr.shape[-2:])}; use --lpips-net none to skip it")
     model = get_lpips(net, device, weights_dir)
     dev = next(model.parameters()).device
     with torch.no_grad():
@@ -452,9 +460,16 @@ def run_cli(args) -> int:
     from ecdp.imageio import ImageReadError, load_image
     from ecdp.weights import WeightsError
 
+    from ecdp.checkpoint import check_writable
+
     sr, hr = Path(args.sr), Path(args.hr)
     net = None if args.lpips_net == "none" else args.lpips_net
     conv = CONVENTIONS[args.convention]
+    if args.csv:   # before any work
+        try:
+            check_writable(args.csv)
+        except ValueError as e:
+            raise CLIError(f"--csv {e}") from None
     try:
         for p in (sr, hr):
             if not p.exists():
@@ -466,7 +481,7 @@ def run_cli(args) -> int:
                                progress=os.isatty(2))
             print(df[["image", "psnr", "ssim", "lpips"]].to_string(
                 index=False, formatters={"psnr": "{:.4f}".format, "ssim": "{:.6f}".format,
-                                         "lpips": "{:.6f}".format}))
+                                         "lpips": "{:.6f}".format}, na_rep="skipped"))
         else:
             r = score(load_image(sr), load_image(hr), conv, net, args.device, args.scale, args.weights_dir)
             print(_format_pair(r))
@@ -478,6 +493,8 @@ def run_cli(args) -> int:
     except (ImageReadError, ValueError) as e:
         raise CLIError(str(e).splitlines()[0] if str(e) else e.__class__.__name__) from None
     if args.csv:
-        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-        df.to_csv(args.csv, index=False)
+        from ecdp.checkpoint import atomic_open
+
+        with atomic_open(args.csv, "w") as f:
+            df.to_csv(f, index=False)
     return 0

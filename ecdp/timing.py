@@ -201,6 +201,13 @@ def run_cli(args) -> int:
         raise CLIError("--repeats, --batch and --size must be >= 1 and --warmup >= 0")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise CLIError("--device cuda requested but CUDA is not available")
+    if args.out:   # before any work
+        from .checkpoint import check_writable
+
+        try:
+            check_writable(args.out)
+        except ValueError as e:
+            raise CLIError(f"--out {e}") from None
     try:
         method, ck = load_method(args.checkpoint, args.device, sampler=opts)
     except (FileNotFoundError, ValueError) as e:

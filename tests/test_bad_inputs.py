@@ -153,3 +153,79 @@ def test_set_reaches_list_entries(tiny_data, tmp_path):
                          ("seed=abc", "seed: expected a number"), ("train..steps=1", "key.path=value")]:
         with pytest.raises(ValueError, match=message):
             config_mod.load(path, config_mod.parse_overrides([bad]))
+
+
+# --------------------------------------------------------------------------- ecdp data prepare: bad inputs
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--root", "{file}"], "is a file, not a folder"),
+    (["--root", "{file}/sub"], "which is a file, not a folder"),
+    (["--set", "train_max=abc"], 'train_max="abc": must be an integer'),
+    (["--set", "train_max=2"], "train_max=2: at least 64 (= 16 LR pixels at 4x)"),
+    (["--set", "train_max=-8"], "must be at least 1"),
+    (["--set", "variant=nosuch"], "variant must be one of ['div2k', 'square']"),
+    (["--set", "variant=square"], "variant 'square' needs hr_size"),
+])
+def test_data_prepare_bad_inputs_are_one_line_errors(tmp_path, capsys, args, fragment):
+    from ecdp.cli import main
+
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    args = [a.replace("{file}", str(afile)) for a in args]
+    if "--root" not in args:
+        args += ["--root", str(tmp_path / "data")]
+    assert main(["data", "prepare", "embedded-div2k", "--no-progress", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and len(err.splitlines()) == 1 and "embedded-div2k: embedded-div2k" not in err
+    assert not (tmp_path / "data" / "embedded-div2k").exists()
+
+
+def test_data_prepare_with_other_options_than_the_prepared_folder_says_so(tmp_path, capsys):
+    from ecdp.cli import main
+
+    root = str(tmp_path / "data")
+    assert main(["data", "prepare", "embedded-celeba", "--root", root, "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["data", "prepare", "embedded-celeba", "--root", root, "--set", "hr_size=128", "--no-progress"]) == 2
+    assert "with hr_size=160; --force rebuilds it with hr_size=128" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- ecdp metrics / ecdp time: bad inputs
+
+def _png(path, side):
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray((np.random.default_rng(side).random((side, side, 3)) * 255).astype("uint8")).save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("side,net,fragment", [(24, "alex", "LPIPS-alex needs images of at least 31 px"),
+                                               (15, "vgg", "LPIPS-vgg needs images of at least 16 px")])
+def test_metrics_small_images_are_one_line_errors(tmp_path, capsys, side, net, fragment):
+    from ecdp.cli import main
+
+    img = _png(tmp_path / "a.png", side)
+    assert main(["metrics", img, img, "--lpips-net", net]) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and len(err.splitlines()) == 1
+    assert main(["metrics", img, img, "--lpips-net", "none"]) == 0
+    assert "LPIPS  skipped" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("target,fragment", [("{tmp}", "is a folder, not a file"),
+                                             ("{tmp}/afile/x.csv", "afile is a file, not a folder"),
+                                             ("/proc/x.csv", "cannot write there")])
+def test_metrics_and_time_refuse_an_unwritable_output_before_any_work(tmp_path, capsys, target, fragment,
+                                                                       monkeypatch):
+    from ecdp import metrics as M
+    from ecdp.cli import main
+
+    (tmp_path / "afile").write_text("")
+    target = target.replace("{tmp}", str(tmp_path))
+    img = _png(tmp_path / "a.png", 40)
+    monkeypatch.setattr(M, "score", lambda *a, **k: pytest.fail("scored before checking --csv"))
+    assert main(["metrics", img, img, "--csv", target]) == 2
+    assert fragment in capsys.readouterr().err
+    assert main(["time", "--checkpoint", str(tmp_path / "none.pt"), "--out", target]) == 2
+    assert fragment in capsys.readouterr().err

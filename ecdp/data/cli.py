@@ -103,6 +103,12 @@ def run_cli(args) -> int:
                 check_files(Path(args.root) / name)
             except DatasetDamaged as e:
                 raise CLIError(str(e)) from None
+            had = json.loads((Path(args.root) / name / "meta.json").read_text()).get("options") or {}
+            differ = {k: v for k, v in options.items() if k in had and had[k] != v}
+            if differ:
+                raise CLIError(f"{name}: already prepared in {args.root}/{name} with "
+                               f"{', '.join(f'{k}={json.dumps(had[k])}' for k in differ)}; --force rebuilds it with "
+                               f"{', '.join(f'{k}={json.dumps(v)}' for k, v in differ.items())}")
             print(f"{name}: already prepared in {args.root}/{name}")
             continue
         spec_opts = {k: v for k, v in options.items() if k in get_spec(name).options}
@@ -115,7 +121,8 @@ def run_cli(args) -> int:
                           limit=args.limit, options=spec_opts, workers=args.workers, progress=not args.no_progress,
                           force=args.force)
         except (DownloadError, UnsafeArchiveError, PrepareError, FileNotFoundError, DatasetDamaged) as e:
-            raise CLIError(f"{name}: {e}") from None
+            msg = str(e)
+            raise CLIError(msg if msg.startswith(f"{name}:") else f"{name}: {msg}") from None
         meta = json.loads((out / "meta.json").read_text())
         sig = meta["sigma2"]
         print(f"{name}: {out} train {meta['counts']['train']} / test {meta['counts']['test']}, "

@@ -54,6 +54,46 @@ class PrepareError(RuntimeError):
     """A dataset that cannot be prepared (missing user files, unexpected archive layout)."""
 
 
+#: options that are HR sizes in pixels: at least MIN_LR_SIDE LR pixels at the set's scale
+SIZE_OPTIONS = ("train_max", "test_max", "hr_size")
+MIN_LR_SIDE = 16
+EMBEDDED_VARIANTS = ("div2k", "square")
+
+
+def check_options(spec: DatasetSpec, options: dict[str, Any]) -> None:
+    """``--set`` overrides of a spec's options: known keys, the default's type, sizes
+    of at least :data:`MIN_LR_SIDE` LR pixels; a :class:`PrepareError` naming the key."""
+    unknown = set(options) - set(spec.options)
+    if unknown:
+        raise PrepareError(f"{spec.name}: unknown option(s) {sorted(unknown)}; known: {sorted(spec.options)}")
+    for key, value in options.items():
+        default = spec.options[key]
+        where = f"{spec.name}: --set {key}={json.dumps(value)}"
+        if isinstance(default, bool) or isinstance(default, int) or (default is None and key != "box"):
+            if isinstance(value, bool) or not isinstance(value, int) or (default is not None and value is None):
+                if not (default is None and value is None):
+                    raise PrepareError(f"{where}: must be an integer" + (" or null" if default is None else ""))
+            if isinstance(value, int) and value < 1:
+                raise PrepareError(f"{where}: must be at least 1")
+        elif isinstance(default, str) and not isinstance(value, str):
+            raise PrepareError(f"{where}: must be a string")
+        elif isinstance(default, list) and not isinstance(value, list):
+            raise PrepareError(f"{where}: must be a list like {json.dumps(default)}")
+        if key in SIZE_OPTIONS and isinstance(value, int) and value < MIN_LR_SIDE * spec.scale:
+            raise PrepareError(f"{where}: at least {MIN_LR_SIDE * spec.scale} (= {MIN_LR_SIDE} LR pixels at "
+                               f"{spec.scale}x)")
+    if spec.kind == "embedded":
+        merged = {**spec.options, **options}
+        if merged.get("variant") not in EMBEDDED_VARIANTS:
+            raise PrepareError(f"{spec.name}: --set variant must be one of {list(EMBEDDED_VARIANTS)}, "
+                               f"got {merged.get('variant')!r}")
+        if merged["variant"] == "square" and "hr_size" not in merged:
+            raise PrepareError(f"{spec.name}: variant 'square' needs hr_size, which {spec.name} does not have")
+        if merged["variant"] == "div2k" and not {"train_max", "test_max"} <= set(merged):
+            raise PrepareError(f"{spec.name}: variant 'div2k' needs train_max and test_max, which "
+                               f"{spec.name} does not have")
+
+
 def is_prepared(root: str | os.PathLike, name: str) -> bool:
     return (Path(root) / name / COMPLETE).exists()
 
@@ -523,11 +563,13 @@ def prepare(dataset: str | DatasetSpec, root: str | os.PathLike, *, source_dir: 
     rebuilds it."""
     spec = get_spec(dataset) if isinstance(dataset, str) else dataset
     if options:
-        unknown = set(options) - set(spec.options)
-        if unknown:
-            raise PrepareError(f"{spec.name}: unknown option(s) {sorted(unknown)}; known: {sorted(spec.options)}")
+        check_options(spec, options)
         spec = dataclasses.replace(spec, options={**spec.options, **options})
     root = Path(root)
+    for parent in [root, *root.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise PrepareError(f"--root {root}: {'is' if parent == root else f'is under {parent}, which is'} "
+                               "a file, not a folder")
     final = root / spec.name
     if (final / COMPLETE).exists() and not force:
         check_files(final)
