@@ -20,7 +20,9 @@ def atomic_open(path: str | Path, mode: str = "wb"):
     checkpoint, table, metrics file and run record of the suite is written this way."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=".part", dir=path.parent)
+    # the temporary name stays within 255 bytes however long the final name is
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.encode()[:200].decode(errors='ignore')}.", suffix=".part",
+                               dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_umask())   # mkstemp's 0600 -> what open() would have given
         with os.fdopen(fd, mode) as f:

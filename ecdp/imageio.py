@@ -9,7 +9,6 @@ and 8- or 16-bit PNG/TIFF.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +56,8 @@ def load_image(path: str | os.PathLike, with_alpha: bool = False):
             arr, alpha = _to_float_array(img)
     except FileNotFoundError:
         raise ImageReadError(f"{path}: no such file") from None
+    except Image.DecompressionBombError as e:   # a header claiming billions of pixels
+        raise ImageReadError(f"{path}: refused, {e.args[0].split(', could be')[0]}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(f"{path}: not a readable image ({e.__class__.__name__}: {e})") from None
     x = torch.from_numpy(arr.astype(np.float32)).permute(2, 0, 1).contiguous()
@@ -86,14 +87,10 @@ def save_image(x: torch.Tensor, path: str | os.PathLike, alpha: torch.Tensor | N
         a = torch.round(alpha.clamp(0, 1) * 255).to(torch.uint8).cpu().numpy()
         img = img.convert("RGBA")
         img.putalpha(Image.fromarray(a, "L"))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        img.save(tmp, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from .checkpoint import atomic_open   # the one atomic writer (temp name within 255 bytes, umask)
+
+    with atomic_open(path, "wb") as f:
+        img.save(f, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"))
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:

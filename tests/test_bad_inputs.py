@@ -229,3 +229,47 @@ def test_metrics_and_time_refuse_an_unwritable_output_before_any_work(tmp_path, 
     assert fragment in capsys.readouterr().err
     assert main(["time", "--checkpoint", str(tmp_path / "none.pt"), "--out", target]) == 2
     assert fragment in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- ecdp sr: awkward inputs
+
+def _bomb(path):
+    import struct
+    import zlib
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b""))
+    return str(path)
+
+
+@pytest.fixture
+def bicubic_checkpoint(tiny_data, tmp_path):
+    from ecdp import config as C
+    from ecdp.training import train
+
+    return str(train(C.resolve({"method": "bicubic", "data": {"dataset": "tiny4x", "root": str(tiny_data)}}),
+                     tmp_path / "bicubic"))
+
+
+def test_sr_refuses_a_decompression_bomb_and_does_nothing_of_the_batch(tmp_path, capsys, bicubic_checkpoint):
+    from ecdp.cli import main
+
+    good, bomb, out = _png(tmp_path / "a.png", 40), _bomb(tmp_path / "bomb.png"), tmp_path / "out"
+    capsys.readouterr()
+    assert main(["sr", "--checkpoint", bicubic_checkpoint, good, bomb, "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "bomb.png: refused, Image size (3600000000 pixels) exceeds limit" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_sr_writes_an_output_whose_name_leaves_no_room_for_a_longer_temporary_name(tmp_path, bicubic_checkpoint):
+    from ecdp.cli import main
+
+    name = "x" * 250 + ".png"   # 254 bytes: the temporary name must stay under 255
+    src = _png(tmp_path / name, 40)
+    out = tmp_path / "out"
+    assert main(["sr", "--checkpoint", bicubic_checkpoint, src, "-o", str(out)]) == 0
+    assert [p.name for p in out.iterdir()] == [name]
