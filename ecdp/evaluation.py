@@ -38,6 +38,8 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import sha256_file
+
 SUMMARY_COLUMNS = ["method", "variant", "dataset", "split", "profile", "seed", "n_images", "lpips", "psnr", "ssim",
                    "lpips_std", "psnr_std", "ssim_std", "nfe", "seconds_per_image", "device", "convention",
                    "lpips_net", "sampler", "params", "train_steps", "git_commit", "checkpoint", "checkpoint_sha256"]
@@ -49,14 +51,6 @@ METRIC_COLUMNS = ["image", "lpips", "psnr", "ssim", "nfe", "seconds"]
 def image_seed(seed: int, name: str) -> int:
     """The seed of one image's generator: a function of the run seed and the image name only."""
     return (int(seed) * 1_000_003 + zlib.crc32(name.encode())) % (2**63 - 1)
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

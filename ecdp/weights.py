@@ -43,6 +43,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checkpoint import atomic_open, sha256_file
+
 DEFAULT_DIR = Path("~/.cache/ecdp-bench/weights")
 ENV_DIR = "ECDP_WEIGHTS_DIR"
 MANIFEST = "manifest.json"
@@ -95,15 +97,6 @@ def resolve_dir(path: str | os.PathLike | None = None) -> Path:
     return Path(path).expanduser()
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def read_manifest(folder: str | os.PathLike | None = None) -> dict:
     """The folder's manifest (``{"files": {...}}``), empty if there is none."""
     p = resolve_dir(folder) / MANIFEST
@@ -116,16 +109,8 @@ def read_manifest(folder: str | os.PathLike | None = None) -> dict:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; weights and manifest are plain shared files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as f:   # the suite's one atomic writer (mode from the umask)
+        f.write(data)
 
 
 def _write_manifest(folder: Path, manifest: dict) -> None:

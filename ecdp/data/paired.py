@@ -46,22 +46,16 @@ def image_files(root: Path) -> dict[str, Path]:
 
 def write_manifest(root: str | Path) -> dict:
     """``files.json``: size and sha256 of every image (called by ``prepare`` before ``.complete``)."""
-    import hashlib
+    from ..checkpoint import sha256_file
 
     root = Path(root)
-    files = {}
-    for rel, p in sorted(image_files(root).items()):
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        files[rel] = [p.stat().st_size, h.hexdigest()]
+    files = {rel: [p.stat().st_size, sha256_file(p)] for rel, p in sorted(image_files(root).items())}
     (root / MANIFEST).write_text(json.dumps(files, indent=0) + "\n")
     return files
 
 
 def _damage(root: Path, files: dict[str, Path], manifest: dict, full: bool) -> list[str]:
-    import hashlib
+    from ..checkpoint import sha256_file
 
     problems = [f"{rel} missing" for rel in manifest if rel not in files]
     problems += [f"{rel} not prepared here" for rel in files if rel not in manifest]
@@ -71,13 +65,8 @@ def _damage(root: Path, files: dict[str, Path], manifest: dict, full: bool) -> l
             continue
         if p.stat().st_size != size:
             problems.append(f"{rel} changed ({p.stat().st_size} bytes, prepared {size})")
-        elif full:
-            h = hashlib.sha256()
-            with open(p, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-            if h.hexdigest() != digest:
-                problems.append(f"{rel} changed (sha256)")
+        elif full and sha256_file(p) != digest:
+            problems.append(f"{rel} changed (sha256)")
     return problems
 
 

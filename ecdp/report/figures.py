@@ -33,18 +33,13 @@ def _plt():
 
 
 def _save(fig, path: Path) -> Path:
-    import os
-    import tempfile
+    from ..checkpoint import atomic_open
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_open(path, "wb") as f:
+            fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
     finally:
-        Path(tmp).unlink(missing_ok=True)
-    _plt().close(fig)
+        _plt().close(fig)
     return path
 
 
