@@ -124,7 +124,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, *, split
              progress: bool = True, log=print) -> dict:
     """Evaluate ``checkpoint`` on ``data``/``split`` into ``out``; returns the summary dict."""
     import pandas as pd
-    from tqdm import tqdm
+    from .progress import bar as tqdm
 
     from .checkpoint import load_method
     from .data import PairedImages

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
+from .progress import bar as tqdm
 
 from .checkpoint import load_method
 from .imageio import ImageReadError, load_image, save_image

@@ -422,7 +422,7 @@ def score_folders(sr_dir: str | os.PathLike, hr_dir: str | os.PathLike,
 
     pairs = pair_folders(sr_dir, hr_dir)
     if progress:
-        from tqdm import tqdm
+        from .progress import bar as tqdm
         pairs = tqdm(pairs, desc="metrics", unit="img")
     rows = [{"image": h.name, **score(load_image(s), load_image(h), convention, lpips_net, device, scale,
                                        weights_dir)} for s, h in pairs]

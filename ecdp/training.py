@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import yaml
 from torch.utils.data import DataLoader
-from tqdm import tqdm
+from .progress import bar as tqdm
 
 from . import checkpoint as ckpt
 from . import config as config_mod
@@ -163,15 +163,17 @@ class Trainer:
         if resumed is None:  # a fresh start: logs of an earlier run in this folder would mix in
             for name in ("log.jsonl", "val.jsonl"):
                 (self.out / name).unlink(missing_ok=True)
-        with open(self.out / "log.jsonl", "a") as log:
-            while self.stage_index < len(self.stages):
-                stage = self.stages[self.stage_index]
-                ema = self._run_stage(stage, seed, tcfg, log, bar, resumed)
-                resumed = None
-                self.stage_index += 1
-                self.step_in_stage = 0
-                ckpt.save(self.state(None, ema), ck_path)
-        bar.close()
+        try:   # the bar is closed before any error is printed (never glued onto its line)
+            with open(self.out / "log.jsonl", "a") as log:
+                while self.stage_index < len(self.stages):
+                    stage = self.stages[self.stage_index]
+                    ema = self._run_stage(stage, seed, tcfg, log, bar, resumed)
+                    resumed = None
+                    self.stage_index += 1
+                    self.step_in_stage = 0
+                    ckpt.save(self.state(None, ema), ck_path)
+        finally:
+            bar.close()
         ckpt.save(self.final(ema), final)
         if self.run_info:  # e.g. which feature network the quality loss used
             (self.out / "provenance.json").write_text(json.dumps(self.provenance(), indent=2))
@@ -229,7 +231,7 @@ class Trainer:
             self.step_in_stage += 1
             n_img += hr.shape[0]
             bar.update(1)
-            bar.set_postfix(stage=stage["name"], loss=f"{loss.item():.4f}")
+            bar.set_postfix(stage=stage["name"], loss=f"{loss.item():.4f}", refresh=False)
             if self.step_in_stage % int(tcfg.get("log_every", 50)) == 0 or self.step_in_stage == stage["steps"]:
                 dt = time.perf_counter() - t0
                 log.write(json.dumps({"step": self.global_step, "stage": stage["name"],

@@ -2,6 +2,8 @@
 error naming the key (exit code 2), before any work, with nothing written."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
@@ -273,3 +275,45 @@ def test_sr_writes_an_output_whose_name_leaves_no_room_for_a_longer_temporary_na
     out = tmp_path / "out"
     assert main(["sr", "--checkpoint", bicubic_checkpoint, src, "-o", str(out)]) == 0
     assert [p.name for p in out.iterdir()] == [name]
+
+
+# --------------------------------------------------------------------------- workflow config: names checked at dry-run time
+
+@pytest.mark.parametrize("mutate,fragment", [
+    (lambda c: c["studies"]["table1"].__setitem__("dataset", "nosuch"), "studies.table1.dataset: 'nosuch' is not under"),
+    (lambda c: c["studies"]["protocol"]["discrepancies"].__setitem__("nosuch", {}),
+     "studies.protocol.discrepancies: unknown ['nosuch']"),
+    (lambda c: c["variants"]["ecdp-hybrid-c1.0-noquality"].__setitem__("drop_stages", ["nosuch"]),
+     "drop_stages: ['nosuch'] names no stage"),
+    (lambda c: c["studies"]["samplers"].__setitem__("accurate", 99), "studies.samplers.accurate: 99 is not an index"),
+])
+def test_workflow_config_names_are_checked_before_any_job(mutate, fragment):
+    from pathlib import Path
+
+    from ecdp.config import yaml_load
+    from ecdp.report.grid import Grid
+
+    root = Path(__file__).resolve().parent.parent
+    cfg = yaml_load((root / "config" / "default.yaml").read_text())
+    mutate(cfg)
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        Grid(cfg, root)
+
+
+def test_prepare_leaves_no_lock_file_in_the_data_root(tmp_path):
+    from ecdp.data.prepare import prepare
+
+    prepare("embedded-celeba", tmp_path / "data", progress=False)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["_downloads", "embedded-celeba"]
+
+
+def test_progress_on_a_log_file_is_lines_not_carriage_returns(tmp_path):
+    import io
+
+    from ecdp.progress import bar
+
+    log = io.StringIO()   # not a terminal, as a workflow job's log
+    for _ in bar(range(500), desc="train", file=log, mininterval=0):
+        pass
+    text = log.getvalue()
+    assert "\r" not in text and text.count("\n") >= 2 and "500/500" in text.splitlines()[-1]

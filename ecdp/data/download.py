@@ -28,7 +28,7 @@ import urllib.request
 from http.cookiejar import CookieJar
 from pathlib import Path
 
-from tqdm import tqdm
+from ..progress import bar as tqdm
 
 __all__ = ["download", "verify_file", "file_digest", "gdrive_url", "confirm_url_from_page",
            "DownloadError", "ChecksumError", "file_lock"]

@@ -17,7 +17,7 @@ import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from tqdm import tqdm
+from ..progress import bar as tqdm
 
 from .download import file_lock
 

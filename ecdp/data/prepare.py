@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from PIL import Image
-from tqdm import tqdm
+from ..progress import bar as tqdm
 
 from ..imageio import list_images, load_image, quantize, save_image
 from ..imresize import bicubic_upsample, imresize
@@ -576,7 +576,7 @@ def prepare(dataset: str | DatasetSpec, root: str | os.PathLike, *, source_dir: 
         return final
     root.mkdir(parents=True, exist_ok=True)
     downloads = Path(download_dir) if download_dir else root / DOWNLOADS
-    with file_lock(root / f".{spec.name}.lock"), single_threaded_torch():
+    with file_lock(downloads / f".{spec.name}.lock"), single_threaded_torch():   # not in the data root
         if (final / COMPLETE).exists() and not force:
             check_files(final)
             return final

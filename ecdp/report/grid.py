@@ -198,6 +198,7 @@ class Grid:
             stages = cfg.get("train", {}).get("stages")
             if stages is None:  # the method's default stages
                 stages = config_mod.resolve(cfg)["train"]["stages"]
+            self._check_drop(variant, drop, stages)
             cfg = config_mod.deep_merge(cfg, {"train": {"stages": [s for s in stages if s.get("kind") not in drop
                                                                     and s.get("name") not in drop]}})
         cfg = config_mod.deep_merge(cfg, extra or {})
@@ -236,7 +237,36 @@ class Grid:
         cell.seeds = sorted(set(cell.seeds) | set(self.study_seeds(study)))
         return cell
 
+    def _check(self) -> None:
+        """Names the studies use must exist: one-line errors at dry-run time, not in a job."""
+        for name, st in self.studies.items():
+            if isinstance(st, dict) and "dataset" in st and st["dataset"] not in self.datasets:
+                raise ValueError(f"studies.{name}.dataset: {st['dataset']!r} is not under `datasets` "
+                                 f"(known: {', '.join(self.datasets)})")
+        proto = self.studies.get("protocol") or {}
+        unknown = set(proto.get("discrepancies") or {}) - set(DISCREPANCIES)
+        if unknown:
+            raise ValueError(f"studies.protocol.discrepancies: unknown {sorted(unknown)} "
+                             f"(known: {', '.join(DISCREPANCIES)})")
+        for key, row in (proto.get("discrepancies") or {}).items():
+            if (row or {}).get("dataset") and row["dataset"] not in self.datasets:
+                raise ValueError(f"studies.protocol.discrepancies.{key}.dataset: {row['dataset']!r} is not under "
+                                 f"`datasets` (known: {', '.join(self.datasets)})")
+        sam = self.studies.get("samplers") or {}
+        acc = sam.get("accurate")
+        if acc is not None and not (isinstance(acc, int) and 0 <= acc < len(sam.get("samplers") or [])):
+            raise ValueError(f"studies.samplers.accurate: {acc!r} is not an index of studies.samplers.samplers "
+                             f"(0..{len(sam.get('samplers') or []) - 1})")
+
+    def _check_drop(self, variant: str, drop: set, stages: list) -> None:
+        known = {s.get("kind") for s in stages} | {s.get("name") for s in stages}
+        unknown = drop - known
+        if unknown:
+            raise ValueError(f"variants.{variant}.drop_stages: {sorted(unknown)} names no stage of its method "
+                             f"(stages: {', '.join(str(s.get('name')) for s in stages)})")
+
     def _build(self) -> None:
+        self._check()
         st = self.studies
         for table in ("table1", "table2", "table4", "table5", "table7", "table3"):
             s = st.get(table)
