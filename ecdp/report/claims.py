@@ -26,7 +26,9 @@ difference without an interval, *inconclusive*.  A claim whose cells have no res
 cells did not converge (below) keeps its computed verdict and says so in its note.
 
 **Convergence.**  :func:`plateau`: a training run has converged when its validation
-LPIPS (``train.validate``, EMA weights, fixed patches and noise) improved by less than
+LPIPS (``train.validate``: EMA weights, fixed patches of the test images and fixed
+noise, as Figure 8; the embedded sets have no other held-out images; it selects
+nothing, it only reports) improved by less than
 :data:`PLATEAU_TOL` (3 %) relative over the last quarter of its last validated stage:
 ``moved = (L(q) - L(end)) / L(q)``, with ``L(end)`` the last validation and ``L(q)`` the
 last one at or before three quarters of that stage.  A worse end (``moved < 0``) counts

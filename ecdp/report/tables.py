@@ -379,8 +379,9 @@ def quality_table(name: str, paper: pd.DataFrame, agg: pd.DataFrame, ctx: Contex
     if ns:
         extra += " n = " + ", ".join(f"{i} images x {k} seed{'s' if k > 1 else ''}" for i, k in ns) + " per row."
     if ctx.convergence:
-        extra += (" Converged: validation LPIPS improved by less than 3 % over the last quarter of training "
-                  "(in brackets: how much it moved; ecdp/report/claims.py).")
+        extra += (" Converged: validation LPIPS (fixed patches of the test images, EMA weights) improved by less "
+                  "than 3 % over the last quarter of training (in brackets: how much it moved, + = still improving; "
+                  "ecdp/report/claims.py).")
     cap = _caption(spec["title"] + f" ({ds})", ctx, spec["paper_table"], _convention(agg[agg["dataset"] == ds]
                                                                                      if not agg.empty else agg), extra)
     return Table(name, cap, columns, rows, display, groups, bold, formats)
