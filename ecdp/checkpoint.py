@@ -37,20 +37,17 @@ def atomic_open(path: str | Path, mode: str = "wb"):
 
 def check_writable(path: str | Path) -> Path:
     """Raise ``ValueError`` (one line) unless a file can be written at ``path``: not a
-    folder, no file among its parents, and its folder takes a new file (probed with a
-    temporary file, removed at once; ``/proc`` and read-only mounts fail here).  Called
-    before the work whose result goes there."""
+    folder, no file among its parents, and the nearest existing folder takes a new file
+    (probed with a temporary file, removed at once; ``/proc`` and read-only mounts fail
+    here).  Creates nothing.  Called before the work whose result goes there."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path}: is a folder, not a file")
-    for parent in path.parents:
-        if parent.exists() and not parent.is_dir():
-            raise ValueError(f"{path}: {parent} is a file, not a folder")
-        if parent.exists():
-            break
+    existing = next((p for p in path.parents if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise ValueError(f"{path}: {existing} is a file, not a folder")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".probe.", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=".probe.", dir=existing)
         os.close(fd)
         os.unlink(tmp)
     except OSError as e:
