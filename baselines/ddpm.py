@@ -33,6 +33,7 @@ from torch.utils.checkpoint import checkpoint
 from ecdp import external
 from ecdp.losses import build_quality_loss, quality_run_info
 from ecdp.method import Method
+from ecdp.sampling import NFECounter
 
 EpsFn = Callable[[Tensor, int], Tensor]
 
@@ -211,17 +212,6 @@ def ddim_step(s: Schedule, x_t: Tensor, i: int, eps: Tensor, noise: Tensor | Non
 
 
 # ---------------------------------------------------------------- the chain
-class NFECounter:
-    """Wraps an ``eps_fn`` and counts its calls."""
-
-    def __init__(self, fn: EpsFn):
-        self.fn, self.nfe = fn, 0
-
-    def __call__(self, x: Tensor, i: int) -> Tensor:
-        self.nfe += 1
-        return self.fn(x, i)
-
-
 def sample(eps_fn: EpsFn, s: Schedule, x_T: Tensor, *, method: str = "ancestral",
            generator: torch.Generator | None = None, variance: str = "posterior", clip: float | None = None,
            eta: float = 0.0, checkpoint_steps: bool = False, truncate: int | None = None) -> tuple[Tensor, dict]:

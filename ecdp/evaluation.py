@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import sha256_file
+from .timing import sync
 
 SUMMARY_COLUMNS = ["method", "variant", "dataset", "split", "profile", "seed", "n_images", "lpips", "psnr", "ssim",
                    "lpips_std", "psnr_std", "ssim_std", "nfe", "seconds_per_image", "device", "convention",
@@ -110,11 +111,6 @@ def _std(values):
     return float(statistics.stdev(values)) if len(values) > 1 else 0.0
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 # --------------------------------------------------------------------------- evaluate
 
 def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, *, split: str = "test",
@@ -170,10 +166,10 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, *, split
                 continue
             hr, lr, _ = dataset[i]
             g = torch.Generator(dev).manual_seed(image_seed(seed, stem))
-            _sync(dev)
+            sync(dev)
             t0 = time.perf_counter()
             sr, stats = method.super_resolve(lr[None].to(dev), generator=g, **sampler)
-            _sync(dev)
+            sync(dev)
             seconds = time.perf_counter() - t0
             if not bool(torch.isfinite(sr).all()):
                 raise ValueError(f"{stem}: the model's output is not finite (NaN / Inf); nothing written for it")

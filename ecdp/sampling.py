@@ -42,13 +42,16 @@ def score_from_denoised(sde: ConditionalVPSDE, x: Tensor, mu: Tensor, sigma2, t:
     return -(x - sde.mean(d, mu, t)) / sde.var(sigma2, t, like=x)
 
 
-class _Counter:
-    def __init__(self, fn: Denoiser):
+class NFECounter:
+    """Wraps a network function (a denoiser ``D(x, t)``, an ``eps_fn(x, i)``) and counts
+    its calls: the NFE every sampler reports (the baselines' chains use it too)."""
+
+    def __init__(self, fn):
         self.fn, self.nfe = fn, 0
 
-    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+    def __call__(self, *args):
         self.nfe += 1
-        return self.fn(x, t)
+        return self.fn(*args)
 
 
 class ProbabilityFlow(torch.nn.Module):
@@ -63,7 +66,7 @@ class ProbabilityFlow(torch.nn.Module):
         super().__init__()
         if state not in STATES:
             raise ValueError(f"sampler state must be one of {STATES}, got {state!r}")
-        self.denoiser, self.mu, self.sigma2, self.sde = _Counter(denoiser), mu, sigma2, sde
+        self.denoiser, self.mu, self.sigma2, self.sde = NFECounter(denoiser), mu, sigma2, sde
         if state == "normalized":
             self.shift, self.scale = mu, _bc(torch.as_tensor(sigma2, dtype=mu.dtype, device=mu.device), mu).sqrt()
         else:
@@ -175,7 +178,7 @@ def sample_reverse_sde(denoiser: Denoiser, x_T: Tensor, mu: Tensor, sigma2, sde:
     backward pass so memory stays flat in ``steps``.
     """
     ts = torch.linspace(sde.T, sde.t_eps, steps + 1, dtype=x_T.dtype, device=x_T.device)
-    counter = _Counter(denoiser)
+    counter = NFECounter(denoiser)
 
     def noise_at(i):
         if i >= steps - 1:
@@ -229,7 +232,7 @@ def sample_ddpm_chain(denoiser: Denoiser, x_T: Tensor, mu: Tensor, sigma2, sde: 
     ab_prev = torch.cat([torch.ones(1, dtype=ab.dtype), ab[:-1]])
     beta = 1 - ab / ab_prev
     sigma = _bc(torch.as_tensor(sigma2, dtype=x_T.dtype, device=x_T.device), x_T).sqrt()
-    counter = _Counter(denoiser)
+    counter = NFECounter(denoiser)
     order = list(range(steps - 1, stop - 1, -1))          # chain indices, noise to data
 
     def noise_at(k):
@@ -363,7 +366,7 @@ def _dpmpp(denoiser: Denoiser, x_T: Tensor, mu: Tensor, sigma2, sde: Conditional
            order: int, grid: str) -> tuple[Tensor, int]:
     ts = time_grid(sde, steps, x_T.dtype, x_T.device, grid)
     lam = log_snr(sde, ts.double())              # step sizes h in float64
-    counter = _Counter(denoiser)
+    counter = NFECounter(denoiser)
     x, d_prev, h_prev = x_T, None, None
     for i in range(int(steps)):
         t, t_next = ts[i].expand(x.shape[0]), ts[i + 1].expand(x.shape[0])
@@ -405,7 +408,7 @@ def sample_dpmpp_2m(denoiser: Denoiser, x_T: Tensor, mu: Tensor, sigma2, sde: Co
 
 def _fixed_step(denoiser: Denoiser, x_T: Tensor, mu: Tensor, sigma2, sde: ConditionalVPSDE, steps: int,
                 tableau: str, grid: str) -> tuple[Tensor, int]:
-    counter = _Counter(denoiser)
+    counter = NFECounter(denoiser)
 
     def f(x: Tensor, t: Tensor) -> Tensor:                   # right-hand side of eq. 13
         tb = t.expand(x.shape[0])

@@ -37,7 +37,8 @@ def _device_of(method: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA) before a clock is read; no-op on CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -80,9 +81,9 @@ def sampler_call(method: torch.nn.Module, lr: torch.Tensor, sampler_options: dic
 
     def call():
         g = torch.Generator(device).manual_seed(seed)
-        _sync(device)
+        sync(device)
         sr, stats = method.super_resolve(lr, generator=g, **opts)
-        _sync(device)
+        sync(device)
         return sr, stats
 
     return call
