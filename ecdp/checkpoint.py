@@ -55,6 +55,15 @@ def check_writable(path: str | Path) -> Path:
     return path
 
 
+def all_finite(tensors) -> bool:
+    """Whether every floating-point tensor holds only finite values (one reduction per
+    tensor, one sync): the training loop's check after each step and the loader's."""
+    tensors = [t for t in tensors if t.dtype.is_floating_point and t.numel()]
+    if not tensors:
+        return True
+    return bool(torch.stack([t.detach().float().abs().amax() for t in tensors]).isfinite().all())
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file (checkpoints in summaries, weights, prepared images)."""
     import hashlib
@@ -112,8 +121,8 @@ def load_method(path: str | Path, device="cpu", sampler: dict | None = None):
     check = getattr(cls, "check_sampler", None)
     if check and sampler is not None:
         check(ck["config"], sampler)
-    bad = [k for k, v in ck["model"].items()
-           if torch.is_tensor(v) and v.dtype.is_floating_point and not bool(torch.isfinite(v).all())]
+    bad = [] if all_finite([v for v in ck["model"].values() if torch.is_tensor(v)]) else \
+        [k for k, v in ck["model"].items() if torch.is_tensor(v) and not all_finite([v])]
     if bad:
         raise ValueError(f"{path}: {len(bad)} weight tensor(s) hold NaN or Inf (e.g. {bad[0]}): "
                          "the run diverged or the file is damaged")

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from .progress import bar as tqdm
 
 from . import checkpoint as ckpt
+from .checkpoint import all_finite
 from . import config as config_mod
 from .data import PairedImages, PatchSampler, TrainPatches, read_meta
 from .provenance import record
@@ -70,14 +71,6 @@ def clip_gradients(params, clip: dict) -> None:
 
 class TrainingDiverged(ValueError):
     """A non-finite loss or weight: training stops before anything non-finite is saved."""
-
-
-def all_finite(tensors) -> bool:
-    """Whether every tensor holds only finite values (one reduction per tensor, one sync)."""
-    tensors = [t for t in tensors if t.dtype.is_floating_point]
-    if not tensors:
-        return True
-    return bool(torch.stack([t.detach().float().abs().amax() for t in tensors]).isfinite().all())
 
 
 def _collate(batch):
