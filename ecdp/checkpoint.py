@@ -121,8 +121,16 @@ def load_method(path: str | Path, device="cpu", sampler: dict | None = None):
     check = getattr(cls, "check_sampler", None)
     if check and sampler is not None:
         check(ck["config"], sampler)
-    bad = [] if all_finite([v for v in ck["model"].values() if torch.is_tensor(v)]) else \
-        [k for k, v in ck["model"].items() if torch.is_tensor(v) and not all_finite([v])]
+    weights = ck["model"]
+    if "optimizer" in ck:   # a training checkpoint (checkpoint.pt), not a finished model: say which weights
+        import sys
+
+        which = "EMA" if ck.get("ema") else "live (no EMA yet)"
+        weights = ck.get("ema") or ck["model"]
+        print(f"note: {path} is a training checkpoint (step {ck.get('global_step')}): using its {which} weights; "
+              "final.pt is the finished model", file=sys.stderr)
+    bad = [] if all_finite([v for v in weights.values() if torch.is_tensor(v)]) else \
+        [k for k, v in weights.items() if torch.is_tensor(v) and not all_finite([v])]
     if bad:
         raise ValueError(f"{path}: {len(bad)} weight tensor(s) hold NaN or Inf (e.g. {bad[0]}): "
                          "the run diverged or the file is damaged")
@@ -131,7 +139,7 @@ def load_method(path: str | Path, device="cpu", sampler: dict | None = None):
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{path}: its stored config / dataset meta cannot build the model ({e})") from None
     try:
-        method.load_state_dict(ck["model"])
+        method.load_state_dict(weights)
     except RuntimeError as e:
         n = str(e).count("\n\t") or 1
         raise ValueError(f"{path}: the weights do not match the stored config ({n} key / shape mismatch(es); "

@@ -88,6 +88,21 @@ def _stage_seed(seed: int, step: int) -> int:
     return (seed * 7_919 + step * 104_729 + 12_345) % (2**63 - 1)
 
 
+def _truncate_log(path: Path, last_step: int) -> None:
+    """Keep the records of ``path`` (JSON lines) up to ``last_step``, written atomically."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if int(json.loads(line).get("step", 0)) <= last_step:
+                keep.append(line)
+        except (ValueError, AttributeError, TypeError):
+            continue   # a line cut by the kill
+    with ckpt.atomic_open(path, "w") as f:
+        f.write("".join(k + "\n" for k in keep))
+
+
 class Trainer:
     def __init__(self, cfg: dict, out: str | Path, device: str = "cpu"):
         config_mod.check_stages(cfg)   # before any work: steps: -3, stages: [], stpes: ... are errors
@@ -156,6 +171,9 @@ class Trainer:
         if resumed is None:  # a fresh start: logs of an earlier run in this folder would mix in
             for name in ("log.jsonl", "val.jsonl"):
                 (self.out / name).unlink(missing_ok=True)
+        else:   # steps after the checkpoint are trained again: drop their records (no step logged twice)
+            for name in ("log.jsonl", "val.jsonl"):
+                _truncate_log(self.out / name, self.global_step)
         try:   # the bar is closed before any error is printed (never glued onto its line)
             with open(self.out / "log.jsonl", "a") as log:
                 while self.stage_index < len(self.stages):

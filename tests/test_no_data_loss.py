@@ -249,3 +249,18 @@ def test_a_dataset_prepared_before_files_json_is_checked_by_its_counts(tmp_path)
     sorted((root / "test" / "HR").iterdir())[0].unlink()
     with pytest.raises(DatasetDamaged, match="test/HR has 2 images, meta.json says 3"):
         read_meta(root)
+
+
+def test_a_training_checkpoint_is_used_with_its_ema_weights_and_says_so(tiny_data, tmp_path, capsys):
+    from ecdp.checkpoint import load_method
+    from ecdp.training import train
+
+    cfg = tiny_config(tiny_data, train={"checkpoint_every": 2, "ema_decay": 0.5, "stages": [
+        {"name": "score", "kind": "score", "steps": 3, "batch": 2, "lr": 1e-3}]})
+    final = train(cfg, tmp_path / "run")
+    capsys.readouterr()
+    from_ck, _ = load_method(tmp_path / "run" / "checkpoint.pt")   # saved at the end of the stage
+    assert "is a training checkpoint (step 3): using its EMA weights" in capsys.readouterr().err
+    from_final, _ = load_method(final)
+    a, b = from_ck.state_dict(), from_final.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)   # the EMA weights, as final.pt holds them

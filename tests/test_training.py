@@ -52,6 +52,11 @@ def test_resume_after_kill_is_bit_identical(tiny_data, tmp_path, monkeypatch, ki
     assert resumed.keys() == ref.keys()
     for k in ref:
         assert torch.equal(ref[k], resumed[k]), k
+    # the log of the resumed run is the uninterrupted run's: no step logged twice
+    def records(run):
+        return [(r["step"], r.get("stage")) for r in map(json.loads, (tmp_path / run / "log.jsonl").read_text().splitlines())
+                if "step" in r and "event" not in r]
+    assert records("run") == records("ref")
 
 
 def test_quality_stage_changes_weights_and_logs(tiny_data, tmp_path):
