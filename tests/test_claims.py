@@ -240,3 +240,17 @@ def test_provenance_records_the_cpu():
     assert hw["cpu_model"] and hw["torch_cpu_capability"] and hw["cpu_count"] >= 1
     json.dumps(hw)
     yaml.safe_dump(hw)
+
+
+def test_convergence_reads_the_training_folder_beside_the_run(tmp_path, monkeypatch):
+    train = tmp_path / "res" / "runs" / "d" / "owner" / "seed0" / "train"
+    train.mkdir(parents=True)
+    (train / "config.yaml").write_text(yaml.safe_dump({"train": {"stages": STAGES}}))
+    (train / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _val([0.5, 0.4, 0.30, 0.2])))
+    run_dir = tmp_path / "res" / "runs" / "d" / "sharer" / "seed0"
+    monkeypatch.chdir(tmp_path)   # the stored checkpoint path is relative to where the workflow ran
+    runs = pd.DataFrame([{"dataset": "d", "variant": "sharer", "seed": 0, "run_dir": str(run_dir),
+                          "checkpoint": "elsewhere/runs/d/owner/seed0/train/final.pt"}])
+    conv = K.convergence(runs)
+    assert conv.loc[0, "converged"] is False or conv.loc[0, "converged"] == False  # noqa: E712
+    assert conv.loc[0, "moved"] == pytest.approx(1 / 3)

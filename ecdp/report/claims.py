@@ -103,7 +103,12 @@ def convergence(runs: pd.DataFrame) -> pd.DataFrame:
     if runs is None or runs.empty or "checkpoint" not in runs:
         return pd.DataFrame(columns=["dataset", "variant", "seed", "converged", "moved"])
     for r in runs.itertuples(index=False):
-        train = Path(str(r.checkpoint)).parent
+        # the training folder of the run's checkpoint (runs/<dataset>/<trained_as>/seed<N>/train), found
+        # beside this run's folder: the stored path is relative to where the workflow ran
+        ck = Path(str(r.checkpoint))
+        train = ck.parent
+        if getattr(r, "run_dir", None) and len(ck.parts) >= 4:
+            train = Path(r.run_dir).parent.parent / ck.parts[-4] / ck.parts[-3] / ck.parts[-2]
         cfg_path, val_path = train / "config.yaml", train / "val.jsonl"
         try:
             stages = (yaml.safe_load(cfg_path.read_text()) or {}).get("train", {}).get("stages") or []
