@@ -236,7 +236,10 @@ def report(results: str | Path = "results", out: str | Path | None = None, workf
     figs = figures_mod.make_figures(results, runs, out / "figures", fig8_dataset=fig8_ds, grid_datasets=grid_datasets,
                                     samplers=samplers, profile_label=ctx.profile_label, fig8_variants=fig8_variants)
     for ds in (sorted(runs["dataset"].unique()) if not runs.empty else []):   # every method's training curve
-        variants = {v: ctx.label(v) for v in runs[runs["dataset"] == ds]["variant"].unique()}
+        found = list(runs[runs["dataset"] == ds]["variant"].unique())
+        in_tables = [v for t in ("table1", "table2", "table4", "table5", "table7") if ctx.table_dataset(t) == ds
+                     for v in ctx.study_variants.get(t, []) if v in found]
+        variants = {v: ctx.label(v) for v in dict.fromkeys(in_tables or found)}
         figs.append(figures_mod.training_curves(results, out / "figures" / f"training_{ds}.png", ds, variants,
                                                 ctx.profile_label))
     if claims_df is not None:

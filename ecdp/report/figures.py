@@ -223,13 +223,13 @@ def training_curves(results: str | Path, out: str | Path, dataset: str, variants
     if df.empty or "lpips" not in df:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = plt.subplots(figsize=(8.5, 4.2))
     order = [v for v in variants.values() if v in set(df["parametrization"])]
     sns.lineplot(data=df, x="step", y="lpips", hue="parametrization", errorbar="sd", marker="o", markersize=3,
                  ax=ax, hue_order=order)
     ax.set_xlabel("training step (all stages)")
     ax.set_ylabel("validation LPIPS (EMA weights) ↓")
-    ax.legend(fontsize=7, title=None)
+    ax.legend(fontsize=7, title=None, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.set_title(f"Training curves ({dataset}), n = {df['seed'].nunique()} seed(s)\n{_subtitle(profile_label)}",
                  fontsize=9)
     return _save(fig, Path(out))
