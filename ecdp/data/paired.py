@@ -54,7 +54,7 @@ def write_manifest(root: str | Path) -> dict:
     return files
 
 
-def _damage(root: Path, files: dict[str, Path], manifest: dict, full: bool) -> list[str]:
+def _damage(files: dict[str, Path], manifest: dict, full: bool) -> list[str]:
     from ..checkpoint import sha256_file
 
     problems = [f"{rel} missing" for rel in manifest if rel not in files]
@@ -80,7 +80,7 @@ def check_files(root: str | Path, meta: dict | None = None, full: bool = False) 
     files = image_files(root)
     man_path = root / MANIFEST
     if man_path.exists():
-        problems = _damage(root, files, json.loads(man_path.read_text()), full)
+        problems = _damage(files, json.loads(man_path.read_text()), full)
     else:
         meta = meta if meta is not None else json.loads((root / "meta.json").read_text())
         problems = []

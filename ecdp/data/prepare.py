@@ -69,11 +69,11 @@ def check_options(spec: DatasetSpec, options: dict[str, Any]) -> None:
     for key, value in options.items():
         default = spec.options[key]
         where = f"{spec.name}: --set {key}={json.dumps(value)}"
-        if isinstance(default, bool) or isinstance(default, int) or (default is None and key != "box"):
-            if isinstance(value, bool) or not isinstance(value, int) or (default is not None and value is None):
-                if not (default is None and value is None):
-                    raise PrepareError(f"{where}: must be an integer" + (" or null" if default is None else ""))
-            if isinstance(value, int) and value < 1:
+        if default is None or isinstance(default, int):   # an integer option (null allowed where it is the default)
+            integer = isinstance(value, int) and not isinstance(value, bool)
+            if not integer and not (value is None and default is None):
+                raise PrepareError(f"{where}: must be an integer" + (" or null" if default is None else ""))
+            if integer and value < 1:
                 raise PrepareError(f"{where}: must be at least 1")
         elif isinstance(default, str) and not isinstance(value, str):
             raise PrepareError(f"{where}: must be a string")

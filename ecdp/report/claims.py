@@ -58,7 +58,6 @@ MIN_PAIRS = 6
 MIN_REPEATS = 3
 PLATEAU_FRACTION = 0.25
 HIGHER_BETTER = {"lpips": False, "psnr": True, "ssim": True, "seconds": False}
-UNITS = {"lpips": "LPIPS", "psnr": "dB", "ssim": "SSIM", "seconds": "s"}
 
 
 # --------------------------------------------------------------------------- convergence
@@ -86,7 +85,8 @@ def plateau(val: list[dict], stages: list[dict], tol: float = PLATEAU_TOL,
             "step_end": int(rows[-1]["step"]), "lpips_q": lq, "lpips_end": lend}
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON-lines file (``val.jsonl``, ``log.jsonl``); a line cut by a kill is skipped."""
     out = []
     for line in path.read_text().splitlines():
         try:
@@ -119,7 +119,7 @@ def convergence(runs: pd.DataFrame) -> pd.DataFrame:
         elif not val_path.exists():
             res = {"converged": None, "moved": math.nan, "reason": "no validation records"}
         else:
-            res = plateau(_read_jsonl(val_path), stages)
+            res = plateau(read_jsonl(val_path), stages)
         rows.append({"dataset": r.dataset, "variant": r.variant, "seed": r.seed, **res})
     return pd.DataFrame(rows)
 

@@ -115,14 +115,8 @@ def run_metadata(results: Path, runs: pd.DataFrame, timing: pd.DataFrame, ctx, b
 def _run_hardware(runs: pd.DataFrame) -> list[dict]:
     """The distinct ``provenance.hardware`` records of the evaluated runs."""
     seen = []
-    if runs is None or runs.empty or "run_dir" not in runs:
-        return seen
-    for d in runs["run_dir"]:
-        try:
-            hw = json.loads((Path(d) / "summary.json").read_text()).get("provenance", {}).get("hardware")
-        except (OSError, json.JSONDecodeError):
-            continue
-        if hw and hw not in seen:
+    for hw in (runs["hardware"] if runs is not None and "hardware" in runs else []):
+        if isinstance(hw, dict) and hw not in seen:
             seen.append(hw)
     return seen
 

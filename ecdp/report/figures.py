@@ -13,11 +13,12 @@ data is absent, so a partial results folder still gets every figure it can have.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import pandas as pd
+
+from .claims import read_jsonl
 
 # Which variants a figure shows and under which label comes from the workflow config
 # (the figure8 study, the variants of Tables 1, 2, 4, each variant's ``label``).
@@ -55,12 +56,7 @@ def read_validation(results: str | Path, dataset: str, variants: dict[str, str])
     for variant, label in variants.items():
         for p in sorted(Path(results).glob(f"runs/{dataset}/{variant}/seed*/train/val.jsonl")):
             seed = p.parent.parent.name.removeprefix("seed")
-            for line in p.read_text().splitlines():
-                try:
-                    r = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                rows.append({"parametrization": label, "variant": variant, "seed": seed, **r})
+            rows += [{"parametrization": label, "variant": variant, "seed": seed, **r} for r in read_jsonl(p)]
     return pd.DataFrame(rows)
 
 

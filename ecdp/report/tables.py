@@ -94,7 +94,7 @@ def collect_runs(results: str | Path) -> pd.DataFrame:
             s = json.loads(p.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        s.pop("provenance", None)
+        s["hardware"] = (s.pop("provenance", None) or {}).get("hardware")   # run_metadata.json lists them
         s["dataset"] = p.parent.parent.parent.name   # the folder names are the truth for the grid
         s["variant"] = p.parent.parent.name
         s["run_dir"] = str(p.parent)
