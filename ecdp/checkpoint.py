@@ -35,14 +35,18 @@ def atomic_open(path: str | Path, mode: str = "wb"):
         raise
 
 
-def check_writable(path: str | Path) -> Path:
+def check_writable(path: str | Path, overwrite: bool = False) -> Path:
     """Raise ``ValueError`` (one line) unless a file can be written at ``path``: not a
-    folder, no file among its parents, and the nearest existing folder takes a new file
-    (probed with a temporary file, removed at once; ``/proc`` and read-only mounts fail
-    here).  Creates nothing.  Called before the work whose result goes there."""
+    folder, no file among its parents, not an existing file unless ``overwrite`` (what
+    a user made is never replaced without being asked: the CLI's ``--overwrite``), and
+    the nearest existing folder takes a new file (probed with a temporary file, removed
+    at once; ``/proc`` and read-only mounts fail here).  Creates nothing.  Called before
+    the work whose result goes there."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path}: is a folder, not a file")
+    if path.exists() and not overwrite:
+        raise ValueError(f"{path} exists; pass --overwrite to replace it")
     existing = next((p for p in path.parents if p.exists()), Path("."))
     if not existing.is_dir():
         raise ValueError(f"{path}: {existing} is a file, not a folder")

@@ -445,6 +445,7 @@ def add_cli(parser) -> None:
     parser.add_argument("--weights-dir", default=None, help="weights folder (see `ecdp weights fetch`)")
     parser.add_argument("--device", default=None, help="torch device for LPIPS (default: cuda if available)")
     parser.add_argument("--csv", default=None, help="also write the results to this CSV file")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --csv file")
 
 
 def _format_pair(r: dict) -> str:
@@ -467,7 +468,7 @@ def run_cli(args) -> int:
     conv = CONVENTIONS[args.convention]
     if args.csv:   # before any work
         try:
-            check_writable(args.csv)
+            check_writable(args.csv, args.overwrite)
         except ValueError as e:
             raise CLIError(f"--csv {e}") from None
     try:

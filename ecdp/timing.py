@@ -176,6 +176,7 @@ def add_cli(p):
     p.add_argument("--seed", type=int, default=0, help="seed of x(T)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", help="CSV file to write (one header line + one row); printed otherwise")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
 
 def write_rows(rows: list[dict], path: str | os.PathLike | None, columns: list[str] = TIME_COLUMNS) -> str:
@@ -206,7 +207,7 @@ def run_cli(args) -> int:
         from .checkpoint import check_writable
 
         try:
-            check_writable(args.out)
+            check_writable(args.out, args.overwrite)
         except ValueError as e:
             raise CLIError(f"--out {e}") from None
     try:

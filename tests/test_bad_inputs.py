@@ -233,6 +233,21 @@ def test_metrics_and_time_refuse_an_unwritable_output_before_any_work(tmp_path, 
     assert fragment in capsys.readouterr().err
 
 
+def test_metrics_and_time_never_overwrite_an_existing_file_unasked(tmp_path, capsys):
+    from ecdp.cli import main
+
+    img = _png(tmp_path / "a.png", 40)
+    target = tmp_path / "mine.csv"
+    target.write_text("a user's file\n")
+    assert main(["metrics", img, img, "--lpips-net", "none", "--csv", str(target)]) == 2
+    assert "mine.csv exists; pass --overwrite" in capsys.readouterr().err
+    assert main(["time", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(target)]) == 2
+    assert "mine.csv exists; pass --overwrite" in capsys.readouterr().err
+    assert target.read_text() == "a user's file\n"
+    assert main(["metrics", img, img, "--lpips-net", "none", "--csv", str(target), "--overwrite"]) == 0
+    assert target.read_text().startswith("image,psnr,ssim,lpips")
+
+
 # --------------------------------------------------------------------------- ecdp sr: awkward inputs
 
 def _bomb(path):
