@@ -303,6 +303,7 @@ class DiscreteDiffusionSR(Method):
     """
 
     STAGE_KINDS = ("score", "quality")
+    STAGE_SECTIONS = {"quality": ("quality",)}
     #: The reference trainers' settings (LeiaLi/SRDiff, Janspiry's SR3): no EMA, no
     #: gradient clipping (SRDiff's ``clip_grad_norm`` is never read), no warm-up (the
     #: generic ``train`` defaults); the "++" quality stage adds eq. 19 to the method's

@@ -15,7 +15,8 @@ A method is an ``nn.Module`` subclass of :class:`Method`:
   :attr:`Method.STAGE_KINDS`) by the method-agnostic loop of :mod:`ecdp.training`,
   which calls :meth:`set_stage`, :meth:`param_groups`, :meth:`stage_plan` (EMA and
   initialisation rules of the stage) and :meth:`training_losses` (a dict of scalar
-  losses, summed by the loop);
+  losses, summed by the loop); :attr:`Method.STAGE_SECTIONS` says which config sections
+  only a stage kind reads, so that runs sharing their first stages train them once;
 * **used** through :meth:`super_resolve` ``(lr, generator, **sampler) -> (sr, stats)``
   with ``sr`` in [0, 1] at ``scale`` times the LR size and ``stats["nfe"]`` the number
   of network evaluations; ``stats`` may carry anything else the tables should show.
@@ -65,6 +66,11 @@ class Method(nn.Module):
     PROTOCOLS: ClassVar[dict] = {"paper": {}}
     #: The stage kinds :meth:`set_stage` accepts.
     STAGE_KINDS: ClassVar[tuple[str, ...]] = ("score",)
+    #: stage kind -> top-level config sections that only stages of that kind read (ECDP
+    #: and the baselines: ``{"quality": ("quality",)}``).  Two runs that differ only in
+    #: those sections and in later stages train their first stages identically, so the
+    #: workflow trains that prefix once (:func:`ecdp.training.shared_stages`).
+    STAGE_SECTIONS: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init__(self, cfg: dict, meta: dict):
         super().__init__()

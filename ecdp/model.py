@@ -141,6 +141,7 @@ class ECDP(Method):
     DEFAULTS = DEFAULTS
     PROTOCOLS = PROTOCOLS
     STAGE_KINDS = ("pretrain", "score", "quality")
+    STAGE_SECTIONS = {"quality": ("quality",)}
     STAGE_KEYS = ("encoder_lr",)
     #: keys without a default here: the architecture's (``model.arch: custom`` gives them)
     #: and the protocols' (``sde.sigma`` is "empirical" or a number)

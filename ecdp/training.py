@@ -16,7 +16,18 @@ each step), so ``--resume`` after a kill reaches bit-identical weights on CPU.
 
 Outputs in the run folder: ``config.yaml`` (resolved), ``provenance.json``,
 ``log.jsonl``, ``val.jsonl`` (if validation is on), ``checkpoint.pt`` (latest, full
-state, for resume), ``final.pt`` (EMA weights + config + dataset meta, for inference).
+state, for resume), ``final.pt`` (EMA weights + config + dataset meta, for inference),
+and with ``keep_stages`` ``stages/stage<k>.pt``: the state after the first ``k`` stages
+(weights, EMA and the log records so far).
+
+Shared training prefixes: a run whose first ``k`` stages train exactly as another
+run's (:func:`shared_stages`: the same stages, and a config that differs only in what
+the later stages read, e.g. SR3++ after SR3, ECDP without L_quality after ECDP) starts
+from that run's ``stages/stage<k>.pt`` (``init_from``) instead of training them again.
+Because the batch and every random number of step ``j`` depend on ``(seed, j)`` only,
+this gives the weights the run would reach alone (tests/test_training.py checks it
+bit for bit on CPU); the paper's "++" and "without L_quality" rows then differ from
+their base row by the later stages only, as the paper's fine-tunes do.
 """
 from __future__ import annotations
 
@@ -36,6 +47,51 @@ from . import config as config_mod
 from .data import PairedImages, PatchSampler, TrainPatches, read_meta
 from .provenance import record
 from .registry import build_method, count_params
+
+
+#: keys of a resolved run config that do not change the trained weights
+NON_TRAINING_KEYS = (("sampler",), ("train", "validate"), ("train", "log_every"), ("train", "checkpoint_every"),
+                     ("data", "workers"))
+
+
+def training_part(cfg: dict, drop: tuple = ()) -> dict:
+    """``cfg`` without :data:`NON_TRAINING_KEYS` and the top-level sections in ``drop``:
+    the part that determines the trained weights."""
+    out = copy.deepcopy(cfg)
+    for path in (*NON_TRAINING_KEYS, *((d,) for d in drop)):
+        node = out
+        for p in path[:-1]:
+            node = node.get(p) if isinstance(node, dict) else None
+            if node is None:
+                break
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
+    return out
+
+
+def shared_stages(a: dict, b: dict) -> int:
+    """How many leading stages two resolved run configs train identically: the largest
+    ``k`` with the same first ``k`` stages, the same method, and configs equal once the
+    stages after ``k`` and the config sections only those later stage kinds read
+    (``Method.STAGE_SECTIONS``) are set aside.  0: nothing can be shared."""
+    from .registry import method_class
+
+    if a.get("method") != b.get("method"):
+        return 0
+    sections = getattr(method_class(a["method"]), "STAGE_SECTIONS", {})
+    sa, sb = a["train"]["stages"], b["train"]["stages"]
+    k = 0
+    while k < min(len(sa), len(sb)) and sa[k] == sb[k]:
+        k += 1
+    for n in range(k, 0, -1):
+        kinds = {st["kind"] for st in sa[:n]}
+        later = tuple(sec for kind, secs in sections.items() if kind not in kinds for sec in secs)
+        strip = [training_part(c, later) for c in (a, b)]
+        for c in strip:
+            c["train"].pop("stages", None)
+        if strip[0] == strip[1]:
+            return n
+    return 0
 
 
 class EMA:
@@ -104,9 +160,12 @@ def _truncate_log(path: Path, last_step: int) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: dict, out: str | Path, device: str = "cpu"):
+    def __init__(self, cfg: dict, out: str | Path, device: str = "cpu", init_from: str | Path | None = None,
+                 keep_stages: bool = False):
         config_mod.check_stages(cfg)   # before any work: steps: -3, stages: [], stpes: ... are errors
         self.cfg, self.out, self.device = cfg, Path(out), torch.device(device)
+        self.init_from, self.keep_stages = (Path(init_from) if init_from else None), keep_stages
+        self.init_info: dict = {}
         self.data_root = Path(cfg["data"]["root"]) / cfg["data"]["dataset"]
         self.meta = read_meta(self.data_root)
         self.method = build_method(cfg, self.meta).to(self.device)
@@ -122,7 +181,8 @@ class Trainer:
         return {"format": ckpt.FORMAT, "config": self.cfg, "meta": self.meta,
                 "model": self.method.state_dict(), "ema": ema.shadow if ema else None,
                 "optimizer": opt.state_dict() if opt else None, "global_step": self.global_step,
-                "stage_index": self.stage_index, "step_in_stage": self.step_in_stage}
+                "stage_index": self.stage_index, "step_in_stage": self.step_in_stage,
+                "init_from": self.init_info.get("init_from")}
 
     def final(self, ema) -> dict:
         return {"format": ckpt.FORMAT, "config": self.cfg, "meta": self.meta,
@@ -132,8 +192,37 @@ class Trainer:
     def provenance(self, **extra) -> dict:
         """Seed, commit, device, versions (:func:`ecdp.provenance.record`), plus what the
         method reported of its stages (e.g. the feature network of ECDP's quality loss)."""
-        extra = {**self.run_info, **extra}
+        extra = {**self.run_info, **self.init_info, **extra}
         return record(self.cfg.get("seed"), self.device, **extra)
+
+    def stage_state(self, ema, logs: bool = True) -> dict:
+        """The state at a stage boundary (what ``stages/stage<k>.pt`` holds): weights, EMA,
+        position, and the log records so far (a run started from it continues them)."""
+        st = self.state(None, ema)
+        if logs:
+            st["logs"] = {n: (self.out / n).read_text() if (self.out / n).exists() else ""
+                          for n in ("log.jsonl", "val.jsonl")}
+        return st
+
+    def _start_from(self, path: Path) -> None:
+        """Begin after the first ``k`` stages of another run (its ``stages/stage<k>.pt``),
+        refused unless those stages train exactly as this run's (:func:`shared_stages`)."""
+        if not path.exists():
+            raise FileNotFoundError(f"--init-from {path}: no such stage state (the run it belongs to keeps them "
+                                    "only with --keep-stages)")
+        state = ckpt.load(path)
+        k = int(state.get("stage_index", 0))
+        if not 0 < k <= len(self.stages) or shared_stages(state["config"], self.cfg) < k:
+            raise ValueError(f"--init-from {path}: its first {k} stage(s) were trained with another config than "
+                             "this run's; it cannot start this run")
+        self.method.load_state_dict(state["model"])
+        self.global_step, self.stage_index, self.step_in_stage = int(state["global_step"]), k, 0
+        self._last_ema = EMA(self.method, 0.0)
+        self._last_ema.shadow = state["ema"]
+        for name, text in (state.get("logs") or {}).items():
+            (self.out / name).write_text(text)
+        self.init_info = {"init_from": {"path": str(path), "sha256": ckpt.sha256_file(path), "stages": k,
+                                        "global_step": self.global_step}}
 
     # --- loop --------------------------------------------------------------------
     def run(self, resume: bool = False) -> Path:
@@ -161,19 +250,28 @@ class Trainer:
                 self._last_ema.shadow = resumed["ema"]
         elif ck_path.exists() and not resume:
             raise FileExistsError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
+        if resumed is None and self.init_from is not None:
+            for name in ("log.jsonl", "val.jsonl"):
+                (self.out / name).unlink(missing_ok=True)
+            self._start_from(self.init_from)
+        elif resumed is not None and resumed.get("init_from"):
+            self.init_info = {"init_from": resumed["init_from"]}
         (self.out / "config.yaml").write_text(yaml.safe_dump(self.cfg, sort_keys=False))
         (self.out / "provenance.json").write_text(json.dumps(self.provenance(), indent=2))
         seed = int(self.cfg.get("seed", 0))
         tcfg = self.cfg["train"]
         total = sum(s["steps"] for s in self.stages)
         bar = tqdm(total=total, initial=self.global_step, desc="train", unit="step", dynamic_ncols=True)
-        ema = None
-        if resumed is None:  # a fresh start: logs of an earlier run in this folder would mix in
+        ema = self._last_ema   # resumed or started at a stage boundary (possibly the last)
+        if resumed is None and not self.init_info:  # a fresh start: logs of an earlier run here would mix in
             for name in ("log.jsonl", "val.jsonl"):
                 (self.out / name).unlink(missing_ok=True)
         else:   # steps after the checkpoint are trained again: drop their records (no step logged twice)
             for name in ("log.jsonl", "val.jsonl"):
                 _truncate_log(self.out / name, self.global_step)
+        stage_file = self.out / "stages" / f"stage{self.stage_index}.pt"
+        if self.keep_stages and resumed is not None and ema is not None and not stage_file.exists():
+            ckpt.save(self.stage_state(ema), stage_file)   # killed between the boundary checkpoint and it
         try:   # the bar is closed before any error is printed (never glued onto its line)
             with open(self.out / "log.jsonl", "a") as log:
                 while self.stage_index < len(self.stages):
@@ -182,7 +280,10 @@ class Trainer:
                     resumed = None
                     self.stage_index += 1
                     self.step_in_stage = 0
+                    log.flush()
                     ckpt.save(self.state(None, ema), ck_path)
+                    if self.keep_stages:
+                        ckpt.save(self.stage_state(ema), self.out / "stages" / f"stage{self.stage_index}.pt")
         finally:
             bar.close()
         ckpt.save(self.final(ema), final)
@@ -294,9 +395,10 @@ class Trainer:
             f.write(json.dumps(rec) + "\n")
 
 
-def train(cfg: dict, out: str | Path, resume: bool = False, device: str = "cpu") -> Path:
+def train(cfg: dict, out: str | Path, resume: bool = False, device: str = "cpu", init_from=None,
+          keep_stages: bool = False) -> Path:
     torch.manual_seed(int(cfg.get("seed", 0)))  # initial weights
-    return Trainer(cfg, out, device).run(resume=resume)
+    return Trainer(cfg, out, device, init_from=init_from, keep_stages=keep_stages).run(resume=resume)
 
 
 def add_cli(p):
@@ -305,6 +407,11 @@ def add_cli(p):
     p.add_argument("--resume", action="store_true", help="continue a killed run in --out")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config values, e.g. seed=1")
+    p.add_argument("--init-from", metavar="STAGE_STATE",
+                   help="start after the first k stages of another run (its stages/stage<k>.pt), refused unless "
+                        "those stages train exactly as this config's")
+    p.add_argument("--keep-stages", action="store_true",
+                   help="keep the state after each stage in OUT/stages/stage<k>.pt (for --init-from)")
 
 
 def run_cli(args) -> int:
@@ -313,7 +420,7 @@ def run_cli(args) -> int:
     try:
         cfg = config_mod.load(args.config, config_mod.parse_overrides(args.set))
         torch.manual_seed(int(cfg.get("seed", 0)))  # initial weights, as train()
-        trainer = Trainer(cfg, args.out, args.device)
+        trainer = Trainer(cfg, args.out, args.device, init_from=args.init_from, keep_stages=args.keep_stages)
         final = trainer.run(resume=args.resume)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         raise CLIError(str(e)) from None

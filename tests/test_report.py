@@ -229,6 +229,24 @@ def test_default_grid_shares_training_jobs():
     assert grid.skipped == {"celeba_blocks": pytest.approx(grid.skipped["celeba_blocks"])}
 
 
+def test_training_prefixes_are_shared_where_the_stages_train_alike():
+    grid = G.Grid(load_config("default"), ROOT)
+    starts = {c.variant: c.init_from for c in grid.cells.values() if c.init_from}
+    assert starts == {"ecdp-hybrid-c1.0-noquality": (G.MAIN_ECDP, 2), "ecdp-noprobflow": (G.MAIN_ECDP, 2),
+                      "ecdp-paper-but-quality_stage": (G.MAIN_ECDP, 2), "sr3pp": ("sr3", 1),
+                      "srdiffpp": ("srdiff", 2)}
+    main = grid.cell("embedded-div2k", G.MAIN_ECDP)
+    assert {c.variant for c in grid.init_dependents(main)} == {"ecdp-hybrid-c1.0-noquality", "ecdp-noprobflow",
+                                                              "ecdp-paper-but-quality_stage"}
+    assert grid.init_state("results", grid.cell("embedded-div2k", "sr3pp"), 1) == \
+        "results/runs/embedded-div2k/sr3/seed1/train/stages/stage1.pt"
+    # a base trains every seed its dependents need
+    assert grid.training_seeds(main) == [0, 1, 2]
+    # nothing else starts from another run: every other difference changes the first stages
+    assert grid.cell("embedded-div2k", "ecdp-hybrid-c0.5").init_from is None
+    assert grid.cell("embedded-imagenet", "sr3").init_from is None
+
+
 def test_default_grid_variants():
     grid = G.Grid(load_config("default"), ROOT)
     cfg = lambda v, ds="embedded-div2k": grid.cell(ds, v).run_config(0)  # noqa: E731

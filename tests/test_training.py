@@ -85,3 +85,66 @@ def test_fresh_start_does_not_append_to_old_logs(tiny_data, tmp_path):
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in rows if "event" not in r]
     assert "stale" not in {r.get("stage") for r in rows} and steps == sorted(steps) and steps
+
+
+def _records(path):
+    return [(r["step"], r.get("stage")) for r in map(json.loads, path.read_text().splitlines())
+            if "step" in r and "event" not in r]
+
+
+def test_shared_prefix_gives_the_weights_of_the_run_alone(tiny_data, tmp_path):
+    """A run started from another run's state after k stages (--init-from) ends with the
+    weights and log records it reaches trained alone, bit for bit on CPU: the workflow's
+    "without L_quality" / "without prob. flow" / "++" rows start from their base row."""
+    import copy
+
+    from ecdp.training import shared_stages
+
+    base = tiny_config(tiny_data, **SHORT)                      # pretrain, score, quality: 2 + 3 + 1 steps
+    for stage, steps in zip(base["train"]["stages"], (2, 3, 1)):
+        stage["steps"] = steps
+    noq = copy.deepcopy(base)                                   # "without L_quality": the first two stages,
+    noq["train"]["stages"] = base["train"]["stages"][:2]        # a quality section its stages never read
+    noq["quality"]["weight"] = 9.0
+    other = copy.deepcopy(base)                                 # "without prob. flow": another quality stage
+    other["quality"]["weight"] = 0.25
+    assert (shared_stages(base, base), shared_stages(base, noq), shared_stages(base, other)) == (3, 2, 2)
+    lr = copy.deepcopy(noq)
+    lr["train"]["stages"][1]["lr"] = 1e-3
+    assert shared_stages(base, lr) == 1
+    train(base, tmp_path / "base", keep_stages=True)
+    assert sorted(p.name for p in (tmp_path / "base" / "stages").iterdir()) == ["stage1.pt", "stage2.pt", "stage3.pt"]
+    state = tmp_path / "base" / "stages" / "stage2.pt"
+    for name, cfg in (("noq", noq), ("other", other)):
+        alone = ckpt.load(train(cfg, tmp_path / f"{name}-alone"))["model"]
+        shared = ckpt.load(train(cfg, tmp_path / name, init_from=state))
+        assert shared["model"].keys() == alone.keys()
+        for k in alone:
+            assert torch.equal(alone[k], shared["model"][k]), (name, k)
+        assert shared["provenance"]["init_from"]["stages"] == 2
+        assert _records(tmp_path / name / "log.jsonl") == _records(tmp_path / f"{name}-alone" / "log.jsonl")
+    # a prefix trained otherwise is refused, nothing trained
+    with pytest.raises(ValueError, match="trained with another config"):
+        train(lr, tmp_path / "lr", init_from=state)
+    assert not (tmp_path / "lr" / "final.pt").exists()
+
+
+def test_killed_between_the_last_stage_and_final_resumes_to_the_ema_weights(tiny_data, tmp_path, monkeypatch):
+    cfg = tiny_config(tiny_data, **SHORT)
+    for stage, steps in zip(cfg["train"]["stages"], (2, 3, 1)):
+        stage["steps"] = steps
+    ref = ckpt.load(train(cfg, tmp_path / "ref"))["model"]
+    real = ckpt.save
+
+    def dying(obj, path):
+        if str(path).endswith("final.pt"):
+            raise Killed
+        real(obj, path)
+
+    monkeypatch.setattr(ckpt, "save", dying)
+    with pytest.raises(Killed):
+        train(cfg, tmp_path / "run")
+    monkeypatch.setattr(ckpt, "save", real)
+    resumed = ckpt.load(train(cfg, tmp_path / "run", resume=True))["model"]
+    for k in ref:
+        assert torch.equal(ref[k], resumed[k]), k

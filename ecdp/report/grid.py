@@ -24,6 +24,13 @@ Two cells whose resolved configs differ only in what does not change the trained
 weights (test-time ``sampler``, ``train.validate``, logging and checkpoint cadence,
 data-loader workers) share one training job: the first such cell in grid order owns
 it (``trained_as``), the others only evaluate its checkpoint with their own sampler.
+
+A training job whose first ``k`` stages train exactly as an earlier owner's
+(:func:`ecdp.training.shared_stages`: SR3++ after SR3, SRDiff++ after SRDiff, ECDP
+without L_quality and without prob. flow after ECDP) starts from that owner's state
+after ``k`` stages (``init_from``; the owner keeps its stage states) instead of
+training them again: the same weights for less work, and rows that differ from their
+base row by the later stages only.
 """
 from __future__ import annotations
 
@@ -37,15 +44,13 @@ from pathlib import Path
 
 from .. import config as config_mod
 from ..model import DISCREPANCIES
+from ..training import shared_stages, training_part
 
 #: Variant names the table builder knows (ecdp.report.tables maps paper rows to them).
 MAIN_ECDP = "ecdp-hybrid-c1.0"
 TOGGLE_PREFIX = "ecdp-paper-but-"
 OFFICIAL = "ecdp-official"
 
-#: keys of a resolved run config that do not change the trained weights
-NON_TRAINING_KEYS = (("sampler",), ("train", "validate"), ("train", "log_every"), ("train", "checkpoint_every"),
-                     ("data", "workers"))
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent  # configs of a source checkout
 
@@ -65,6 +70,7 @@ class Cell:
     trained_as: str = ""        # the variant whose training job this cell uses
     eval_sampler: dict = field(default_factory=dict)  # sampler options passed to `ecdp evaluate`
     seeds: list[int] = field(default_factory=list)    # the seeds its studies run (Grid.study_seeds)
+    init_from: tuple[str, int] | None = None          # (owner variant, k): starts after its first k stages
 
     def run_config(self, seed: int) -> dict:
         cfg = config_mod.resolve(config_mod.deep_merge(self.user, {"seed": int(seed)}))
@@ -76,22 +82,9 @@ class Cell:
         return self.trained_as != self.variant
 
 
-def _strip(cfg: dict, paths=NON_TRAINING_KEYS) -> dict:
-    out = copy.deepcopy(cfg)
-    for path in paths:
-        node = out
-        for p in path[:-1]:
-            node = node.get(p) if isinstance(node, dict) else None
-            if node is None:
-                break
-        if isinstance(node, dict):
-            node.pop(path[-1], None)
-    return out
-
-
 def training_key(resolved: dict) -> str:
     """Hash of the part of a resolved run config that determines the trained weights."""
-    return hashlib.sha256(json.dumps(_strip(resolved), sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(training_part(resolved), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _set_path(tree: dict, dotted: str, value) -> None:
@@ -304,15 +297,29 @@ class Grid:
     def _assign_training(self) -> None:
         owners: dict[str, Cell] = {}
         seed = self.seeds[0] if self.seeds else 0
-        for cell in self.cells.values():
-            resolved = cell.run_config(seed)
-            k = training_key(resolved)
-            owner = owners.setdefault(k, cell)
+        resolved = {key: cell.run_config(seed) for key, cell in self.cells.items()}
+        for key, cell in self.cells.items():
+            owner = owners.setdefault(training_key(resolved[key]), cell)
             cell.trained_as = owner.variant
             if owner is not cell:
-                own = owner.run_config(seed).get("sampler", {})
-                mine = resolved.get("sampler", {})
+                own = resolved[(owner.dataset, owner.variant)].get("sampler", {})
+                mine = resolved[key].get("sampler", {})
                 cell.eval_sampler = mine if mine != own else {}
+        # shared prefixes: each training job starts after the longest prefix an earlier
+        # owner (that does not itself start from another) trains identically
+        done: list[Cell] = []
+        for key, cell in self.cells.items():
+            if cell.shares_training:
+                continue
+            best = None
+            for base in done:
+                if base.dataset != cell.dataset or base.init_from is not None:
+                    continue
+                k = shared_stages(resolved[(base.dataset, base.variant)], resolved[key])
+                if k and (best is None or k > best[1]):
+                    best = (base.variant, k)
+            cell.init_from = best
+            done.append(cell)
 
     # --- queries ---------------------------------------------------------------------
     def cell(self, dataset: str, variant: str) -> Cell:
@@ -336,10 +343,26 @@ class Grid:
         return f"{self.run_dir(results, owner, seed)}/train/final.pt"
 
     def training_seeds(self, cell: Cell) -> list[int]:
-        """The seeds the training job of ``cell`` runs: those of every cell sharing it."""
+        """The seeds the training job of ``cell`` runs: those of every cell sharing it,
+        and of every training job that starts from its stage states."""
         owner = cell.trained_as or cell.variant
-        return sorted({s for c in self.cells.values() if c.dataset == cell.dataset
-                       and (c.trained_as or c.variant) == owner for s in c.seeds})
+        seeds = {s for c in self.cells.values() if c.dataset == cell.dataset
+                 and (c.trained_as or c.variant) == owner for s in c.seeds}
+        for c in self.init_dependents(self.cells[(cell.dataset, owner)]):
+            seeds |= set(self.training_seeds(c))
+        return sorted(seeds)
+
+    def init_dependents(self, cell: Cell) -> list[Cell]:
+        """The training jobs that start from ``cell``'s stage states (it keeps them)."""
+        return [c for c in self.cells.values() if c.init_from and c.dataset == cell.dataset
+                and c.init_from[0] == cell.variant and not c.shares_training]
+
+    def init_state(self, results: str, cell: Cell, seed: int) -> str | None:
+        """The stage state the training job of ``cell`` starts from, if any."""
+        if not cell.init_from:
+            return None
+        base, k = cell.init_from
+        return f"{self.run_dir(results, self.cells[(cell.dataset, base)], seed)}/train/stages/stage{k}.pt"
 
     def cell_targets(self, results: str, name: str = "metrics.csv") -> list[str]:
         return [f"{self.run_dir(results, c, s)}/{name}" for c in self.cells.values() for s in c.seeds]
@@ -347,7 +370,9 @@ class Grid:
     def summary(self) -> list[dict]:
         """One row per cell: what the grid runs (for --dry-run listings and the README)."""
         return [{"dataset": c.dataset, "variant": c.variant, "method": c.method, "studies": ",".join(c.studies),
-                 "trained_as": c.trained_as, "seeds": len(c.seeds)} for c in self.cells.values()]
+                 "trained_as": c.trained_as, "seeds": len(c.seeds),
+                 "init_from": f"{c.init_from[0]} after {c.init_from[1]} stage(s)" if c.init_from else ""}
+                for c in self.cells.values()]
 
 
 def load_workflow_config(path: str | Path) -> dict:
@@ -373,6 +398,8 @@ def clean_stale_training(run_yaml: str | Path, out_dir: str | Path, log=print) -
         return False
     for name in ("checkpoint.pt", "log.jsonl", "val.jsonl", "final.pt"):
         (out_dir / name).unlink(missing_ok=True)
+    for state in (out_dir / "stages").glob("stage*.pt"):
+        state.unlink()
     log(f"{out_dir}: partial training of another config removed; training starts afresh")
     return True
 
@@ -392,7 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "cells":
         grid = Grid(load_workflow_config(args.config), Path(args.config).resolve().parent.parent)
         for row in grid.summary():
-            print("\t".join(str(row[k]) for k in ("dataset", "variant", "method", "trained_as", "studies")))
+            print("\t".join(str(row[k]) for k in ("dataset", "variant", "method", "trained_as", "init_from",
+                                                   "studies")))
         return 0
     clean_stale_training(args.run_yaml, args.train_dir)
     return 0

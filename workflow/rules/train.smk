@@ -1,7 +1,10 @@
 # Stage 3: training, one job per *distinct* training config.  Cells whose run configs
 # differ only in what does not change the weights (test-time sampler, validation,
 # logging) share the job of the first such cell (ecdp/report/grid.py: trained_as); the
-# training rule refuses the other cells.  The run config (base + overrides, resolved)
+# training rule refuses the other cells.  A job whose first stages train exactly as an
+# earlier job's (SR3++ after SR3, ECDP without L_quality after ECDP: grid.py init_from)
+# waits for that job and starts from its stage state (`--init-from`; the earlier job
+# keeps its stage states: `--keep-stages`).  The run config (base + overrides, resolved)
 # is written to RUN/run.yaml; `ecdp train --resume` continues a killed job from its
 # last atomic checkpoint (Snakemake reruns the incomplete job, the trainer resumes).
 
@@ -25,7 +28,22 @@ def run_config_json(wildcards):
 def training_inputs(wildcards):
     cell = GRID.cell(wildcards.dataset, wildcards.variant)
     out = {"data": f"{DATA}/{cell.dataset}/.complete", "weights": WEIGHTS_OK}
+    if cell.init_from:
+        base = GRID.cell(cell.dataset, cell.init_from[0])
+        out["base"] = f"{GRID.run_dir(RESULTS, base, int(wildcards.seed))}/train/final.pt"
     return out
+
+
+def stage_args(wildcards):
+    """--init-from (the stage state this job starts from) and --keep-stages (a later job starts from its)."""
+    cell = GRID.cell(wildcards.dataset, wildcards.variant)
+    args = []
+    init = GRID.init_state(RESULTS, cell, int(wildcards.seed))
+    if init:
+        args += ["--init-from", init]
+    if GRID.init_dependents(cell):
+        args.append("--keep-stages")
+    return " ".join(shlex.quote(a) for a in args)
 
 
 rule train:
@@ -47,11 +65,12 @@ rule train:
     params:
         device=DEVICE,
         cfg=run_config_json,
+        stages=stage_args,
         out=lambda wc, output: str(Path(output.model).parent),
     shell:
         """
         printf '%s\\n' {params.cfg} > {output.config:q}
         python -m ecdp.report.grid clean-stale {output.config:q} {params.out:q} > {log:q} 2>&1
         OMP_NUM_THREADS={threads} python -m ecdp.cli train --config {output.config:q} --out {params.out:q} \
-            --resume --device {params.device:q} >> {log:q} 2>&1
+            --resume --device {params.device:q} {params.stages} >> {log:q} 2>&1
         """
