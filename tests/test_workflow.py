@@ -167,6 +167,20 @@ def test_paths_with_spaces_and_shell_characters_are_quoted(tmp_path):
     assert "--root 'data; touch pwned'" in out and "--data 'data; touch pwned/embedded-div2k'" in out
 
 
+def test_data_sources_config_reaches_prepare(tmp_path):
+    """``data_sources`` (a sources override, null in the paper config) becomes a quoted
+    ``--sources`` of every prepare_dataset job."""
+    cfg = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    assert cfg["data_sources"] is None
+    res = snakemake(tmp_path, "-n", "-p", "--cores", "1", "data/div2k/.complete",
+                    "--configfile", str(_write(tmp_path, cfg)))
+    assert "data prepare div2k" in res.stdout and "--sources" not in res.stdout
+    cfg["data_sources"] = "my sources; x.yaml"
+    res = snakemake(tmp_path, "-n", "-p", "--cores", "1", "data/div2k/.complete",
+                    "--configfile", str(_write(tmp_path, cfg)))
+    assert "--root data --sources 'my sources; x.yaml' --workers" in res.stdout
+
+
 def test_config_referring_to_unknown_variant_fails(tmp_path):
     cfg = yaml.safe_load((ROOT / "config" / "default.yaml").read_text())
     cfg["studies"]["table5"]["variants"].append("ecdp-typo")

@@ -1,14 +1,21 @@
 """``ecdp data``: ``list`` the registry, ``prepare`` datasets (download, verify,
 extract, degrade, estimate sigma^2), ``verify`` a prepared dataset's files (sha256
-against its ``files.json``; every use checks names and sizes)."""
+against its ``files.json``; every use checks names and sizes).
+
+``prepare --sources FILE`` (or the environment variable ``ECDP_DATA_SOURCES``; the
+option wins) fetches the registry's files from another URL base with other checksums,
+e.g. a mirror or the local archives of :mod:`ecdp.data.fixtures`; the file's format is
+in :mod:`ecdp.data.registry` (:func:`~ecdp.data.registry.with_sources`)."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 import time
 
-from .registry import ALIASES, REGISTRY, get_spec, resolve_names
+from .registry import (ALIASES, REGISTRY, SOURCES_ENV, SourcesError, get_spec, load_sources, resolve_names,
+                       with_sources)
 
 
 def add_cli(parser: argparse.ArgumentParser) -> None:
@@ -20,6 +27,10 @@ def add_cli(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--root", required=True, help="folder holding prepared datasets")
     p.add_argument("--dry-run", action="store_true", help="print every URL, size and checksum; touch nothing")
     p.add_argument("--source-dir", help="folder with user-supplied files (ImageNet ILSVRC2012 tarballs)")
+    p.add_argument("--sources", metavar="FILE",
+                   help="YAML/JSON override of the registry's sources: {base_url: URL, files: {FILENAME: "
+                        "{size, sha256, md5}}} (a mirror, or local test archives); checksums are still verified. "
+                        f"Default: ${SOURCES_ENV} if set, else the official hosts")
     p.add_argument("--download-dir", help="where archives go (default ROOT/_downloads)")
     p.add_argument("--limit", type=int, help="at most N images per split (smoke runs)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -46,6 +57,18 @@ def _parse_sets(items: list[str]) -> dict:
         except json.JSONDecodeError:
             out[key] = value
     return out
+
+
+def _sources(path: str | None) -> dict | None:
+    """The checked sources override of ``--sources`` or $ECDP_DATA_SOURCES, or None."""
+    from ..cli import CLIError
+    path = path or os.environ.get(SOURCES_ENV) or None
+    if path is None:
+        return None
+    try:
+        return load_sources(path)
+    except SourcesError as e:
+        raise CLIError(str(e)) from None
 
 
 def _list() -> int:
@@ -93,9 +116,11 @@ def run_cli(args) -> int:
     except KeyError as e:
         raise CLIError(e.args[0]) from None
     options = _parse_sets(args.set)
+    sources = _sources(args.sources)
     if args.dry_run:
         for name in names:
-            print("\n".join(plan(name, args.root, args.source_dir, args.download_dir)))
+            print("\n".join(plan(with_sources(get_spec(name), sources), args.root, args.source_dir,
+                                 args.download_dir)))
         return 0
     for name in names:
         if is_prepared(args.root, name) and not args.force:
@@ -117,9 +142,9 @@ def run_cli(args) -> int:
                            f"known: {sorted(get_spec(name).options)}")
         t0 = time.perf_counter()
         try:
-            out = prepare(name, args.root, source_dir=args.source_dir, download_dir=args.download_dir,
-                          limit=args.limit, options=spec_opts, workers=args.workers, progress=not args.no_progress,
-                          force=args.force)
+            out = prepare(with_sources(get_spec(name), sources), args.root, source_dir=args.source_dir,
+                          download_dir=args.download_dir, limit=args.limit, options=spec_opts,
+                          workers=args.workers, progress=not args.no_progress, force=args.force)
         except (DownloadError, UnsafeArchiveError, PrepareError, FileNotFoundError, DatasetDamaged) as e:
             msg = str(e)
             raise CLIError(msg if msg.startswith(f"{name}:") else f"{name}: {msg}") from None

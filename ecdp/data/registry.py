@@ -10,17 +10,37 @@ code (github Yuan-Yutao/ECDP @1696fa1) and SRDiff (Li et al. 2022,
 
 How each entry is built lives in :mod:`ecdp.data.prepare` (``spec.kind`` names the
 builder).
+
+Sources override (a mirror, or the local archives of :mod:`ecdp.data.fixtures`): the
+entries here are never edited; :func:`with_sources` returns an entry whose files come
+from elsewhere, with other checksums, from a YAML or JSON file such as::
+
+    base_url: http://127.0.0.1:8000/     # replaces each URL's host and path; the filename is kept
+    files:                               # optional, per filename: replaces size / sha256 / md5
+      DIV2K_train_HR.zip: {size: 1234, sha256: "...", md5: "..."}
+      ILSVRC2012_img_train.tar: {size: 5678, md5: "..."}   # user files: md5 and size only
+
+``base_url`` also replaces CelebA's Google Drive ids (``base_url + filename``); a file
+without an entry under ``files`` keeps the registry's checksums (a true mirror); an
+entry replaces all three values (an absent one is not checked) and must give sha256 or
+md5, so that every file is still verified.  ``ecdp data prepare --sources FILE`` or the
+environment variable ``ECDP_DATA_SOURCES`` (:data:`SOURCES_ENV`) selects the file
+(:func:`load_sources`); a filename no entry has is an error.
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .download import gdrive_url
 
 __all__ = ["RemoteFile", "UserFile", "DatasetSpec", "REGISTRY", "ALIASES", "get_spec", "resolve_names",
-           "EMBEDDED_NAMES", "BENCHMARK_NAMES"]
+           "EMBEDDED_NAMES", "BENCHMARK_NAMES", "SourcesError", "SOURCES_ENV", "check_sources", "load_sources",
+           "with_sources", "user_filenames"]
 
 
 @dataclass(frozen=True)
@@ -243,3 +263,95 @@ def resolve_names(names) -> list[str]:
             if m not in out:
                 out.append(m)
     return out
+
+
+# ---------------------------------------------------------------- sources override
+#: environment variable naming a sources file (``ecdp data prepare --sources`` wins)
+SOURCES_ENV = "ECDP_DATA_SOURCES"
+_DIGESTS = {"sha256": re.compile(r"^[0-9a-fA-F]{64}$"), "md5": re.compile(r"^[0-9a-fA-F]{32}$")}
+
+
+class SourcesError(ValueError):
+    """A sources override that cannot be used (one line, naming the file and key)."""
+
+
+def remote_filenames() -> set[str]:
+    """Filenames of every downloaded file of the registry."""
+    return {f.filename for s in REGISTRY.values() for f in s.files.values()}
+
+
+def user_filenames() -> set[str]:
+    """Filenames of every user-supplied file of the registry (checked by md5 and size)."""
+    return {f.filename for s in REGISTRY.values() for f in s.user_files.values()}
+
+
+def check_sources(sources: Any, where: str = "sources") -> dict:
+    """``sources`` (parsed YAML/JSON) checked against the registry; returns it as
+    ``{"base_url": str | None, "files": {filename: {size, sha256, md5}}}`` or raises
+    :class:`SourcesError` naming ``where`` and the offending key."""
+    if not isinstance(sources, dict):
+        raise SourcesError(f"{where}: expected a mapping with base_url and/or files")
+    unknown = set(sources) - {"base_url", "files"}
+    if unknown:
+        raise SourcesError(f"{where}: unknown key(s) {sorted(unknown)}; known: base_url, files")
+    base = sources.get("base_url")
+    if base is not None and not (isinstance(base, str) and re.match(r"^https?://[^/]", base)):
+        raise SourcesError(f"{where}: base_url must be an http(s) URL, got {base!r}")
+    files = sources.get("files") or {}
+    if not isinstance(files, dict):
+        raise SourcesError(f"{where}: files must map filenames to {{size, sha256, md5}}")
+    remote, user = remote_filenames(), user_filenames()
+    out = {}
+    for name, entry in files.items():
+        if name not in remote | user:
+            raise SourcesError(f"{where}: unknown file {name!r} (no registry entry has it; known: "
+                               f"{', '.join(sorted(remote | user))})")
+        if not isinstance(entry, dict) or set(entry) - {"size", "sha256", "md5"}:
+            raise SourcesError(f"{where}: files.{name} must be a mapping of size, sha256, md5")
+        if name in user and entry.get("sha256") is not None:
+            raise SourcesError(f"{where}: files.{name} is a user-supplied file, checked by md5 and size; "
+                               "sha256 is not used for it")
+        if not any(entry.get(k) for k in _DIGESTS):
+            raise SourcesError(f"{where}: files.{name} needs sha256 or md5 (every file is verified)")
+        for key, pattern in _DIGESTS.items():
+            value = entry.get(key)
+            if value is not None and not (isinstance(value, str) and pattern.match(value)):
+                raise SourcesError(f"{where}: files.{name}.{key} is not a hex {key} digest: {value!r}")
+        size = entry.get("size")
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+            raise SourcesError(f"{where}: files.{name}.size must be a byte count, got {size!r}")
+        out[name] = {k: entry.get(k) for k in ("size", "sha256", "md5")}
+    return {"base_url": base, "files": out}
+
+
+def load_sources(path: str | os.PathLike) -> dict:
+    """Read and check a sources file (YAML or JSON); :class:`SourcesError` if unusable."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except OSError as e:
+        raise SourcesError(f"sources file {path}: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise SourcesError(f"sources file {path}: not YAML/JSON ({str(e).splitlines()[0]})") from None
+    return check_sources(raw, f"sources file {path}")
+
+
+def with_sources(spec: DatasetSpec, sources: dict | None) -> DatasetSpec:
+    """``spec`` with its files taken from ``sources`` (checked by :func:`check_sources`):
+    URL = ``base_url`` + filename (Google Drive ids dropped), and size / sha256 / md5
+    from ``sources["files"][filename]`` where given, for downloaded and user files."""
+    if not sources:
+        return spec
+    base, table = sources.get("base_url"), sources.get("files") or {}
+    files = {}
+    for role, f in spec.files.items():
+        if base:
+            f = dataclasses.replace(f, url=base.rstrip("/") + "/" + f.filename, gdrive_id=None)
+        if f.filename in table:
+            f = dataclasses.replace(f, **table[f.filename])
+        files[role] = f
+    user = {role: dataclasses.replace(f, md5=table[f.filename]["md5"], size=table[f.filename]["size"])
+            if f.filename in table else f for role, f in spec.user_files.items()}
+    return dataclasses.replace(spec, files=files, user_files=user)

@@ -44,6 +44,7 @@ rule prepare_dataset:
             f"data prepare {shlex.quote(PREPARE[wc.dataset]['prepare'])} {PREPARE[wc.dataset].get('prepare_args', '')}"
             if PREPARE.get(wc.dataset, {}).get("prepare") else ""),
         known=lambda wc: "yes" if PREPARE.get(wc.dataset, {}).get("prepare") else "no",
+        sources=f"--sources {shlex.quote(config['data_sources'])}" if config.get("data_sources") else "",
     shell:
         """
         if [ {params.known} = no ]; then
@@ -51,5 +52,6 @@ rule prepare_dataset:
                 {wildcards.dataset:q} {params.root:q} {wildcards.dataset:q} | tee {log:q} >&2
             exit 1
         fi
-        python -m ecdp.cli {params.cmd} --root {params.root:q} --workers {threads} --no-progress > {log:q} 2>&1
+        python -m ecdp.cli {params.cmd} --root {params.root:q} {params.sources} --workers {threads} --no-progress \
+            > {log:q} 2>&1
         """
