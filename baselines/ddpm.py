@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from ecdp.distributed import batch_randn
 from ecdp import external
 from ecdp.losses import build_quality_loss, quality_run_info
 from ecdp.method import Method
@@ -256,7 +257,7 @@ def sample(eps_fn: EpsFn, s: Schedule, x_T: Tensor, *, method: str = "ancestral"
         z = None
         if needs_noise and i > 0:
             g = torch.Generator(x.device).manual_seed(seeds[i])
-            z = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
+            z = batch_randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
         eps = counter(x, i)
         if method == "ancestral":
             return ancestral_step(s, x, i, eps, z, variance=variance, clip=clip)

@@ -34,6 +34,7 @@ import copy
 import torch
 from torch import Tensor
 
+from ecdp.distributed import batch_rand, batch_randint, batch_randn
 from ecdp.imresize import bicubic_upsample
 
 from . import ddpm
@@ -98,10 +99,10 @@ class SR3(ddpm.DiscreteDiffusionSR):
         b = x0.shape[0]
         ab = self.schedule.alpha_bar.to(torch.float32)
         ab_prev = torch.cat([ab.new_ones(1), ab[:-1]])
-        t = torch.randint(0, len(self.schedule), (b,))
-        u = torch.rand(b)
+        t = batch_randint(len(self.schedule), (b,))          # per-sample draws (ecdp.distributed)
+        u = batch_rand((b,))
         gamma = (ab[t] + u * (ab_prev[t] - ab[t])).to(x0.device)
-        eps = torch.randn_like(x0)
+        eps = batch_randn(x0.shape, device=x0.device, dtype=x0.dtype)
         g = gamma.view(-1, 1, 1, 1)
         x_noisy = g.sqrt() * x0 + (1 - g).sqrt() * eps
         return (self.eps(x_noisy, ctx["up"], gamma.sqrt()) - eps).abs().mean()
@@ -129,7 +130,7 @@ class SR3(ddpm.DiscreteDiffusionSR):
         def eps_fn(x: Tensor, i: int) -> Tensor:
             return self.eps(x, up, levels[i].expand(x.shape[0]))
 
-        x_T = torch.randn(shape, generator=generator, device=up.device, dtype=up.dtype)
+        x_T = batch_randn(shape, generator=generator, device=up.device, dtype=up.dtype)
         x, stats = ddpm.sample(eps_fn, sched, x_T, method=opts["name"], generator=generator,
                                variance=opts["variance"], clip=1.0 if opts["clip_denoised"] else None,
                                eta=float(opts["eta"]), checkpoint_steps=checkpoint_steps, truncate=truncate)

@@ -32,6 +32,7 @@ import copy
 import torch
 from torch import Tensor
 
+from ecdp.distributed import batch_randint, batch_randn
 from ecdp.imresize import bicubic_upsample
 from ecdp.nets import RRDBNet
 
@@ -139,8 +140,8 @@ class SRDiff(ddpm.DiscreteDiffusionSR):
 
     def score_loss(self, hr: Tensor, ctx: dict) -> Tensor:
         x0 = self.img2res(hr * 2 - 1, ctx["up"])
-        t = torch.randint(0, len(self.schedule), (x0.shape[0],))
-        noise = torch.randn_like(x0)
+        t = batch_randint(len(self.schedule), (x0.shape[0],))   # per-sample draws (ecdp.distributed)
+        noise = batch_randn(x0.shape, device=x0.device, dtype=x0.dtype)
         x_t = ddpm.q_sample(self.schedule, x0, t, noise)
         return (self.unet(x_t, t.to(x0.device), ctx["cond"]) - noise).abs().mean()
 
@@ -163,7 +164,7 @@ class SRDiff(ddpm.DiscreteDiffusionSR):
         def eps_fn(x: Tensor, i: int) -> Tensor:
             return self.unet(x, ts[i].expand(x.shape[0]), cond)
 
-        x_T = torch.randn(shape, generator=generator, device=up.device, dtype=up.dtype)
+        x_T = batch_randn(shape, generator=generator, device=up.device, dtype=up.dtype)
         r, stats = ddpm.sample(eps_fn, sched, x_T, method=opts["name"], generator=generator,
                                variance=opts["variance"], clip=1.0 if opts["clip_denoised"] else None,
                                eta=float(opts["eta"]), checkpoint_steps=checkpoint_steps, truncate=truncate)

@@ -28,8 +28,12 @@ BASE: dict = {
     "method": "ecdp",
     "protocol": "paper",
     "seed": 0,
-    "data": {"dataset": "div2k", "root": "data", "patch": 160, "workers": 2},
+    "data": {"dataset": "div2k", "root": "data", "patch": 160, "workers": 2,
+             "pin_memory": False, "persistent_workers": False},     # loader settings (GPU training)
     "train": {
+        "precision": "fp32",       # fp32 | bf16 | fp16 (autocast; fp16 with a GradScaler, CUDA only)
+        "channels_last": False,    # NHWC memory format for the networks and batches
+        "compile": False,          # torch.compile the training step's losses
         "ema_decay": 0.0,          # no EMA unless the method's defaults or the config say so
         "clip": None,
         "warmup": 0,

@@ -29,7 +29,7 @@ from torch import Tensor
 from .sde import ConditionalVPSDE
 
 #: The samplers of ecdp.sampling a discrete DDPM can use (fixed steps on DiscreteVP).
-SAMPLERS = ("dpmpp_1", "dpmpp_2m", "heun", "rk4")
+SAMPLERS = ("dpmpp_1", "dpmpp_2m", "dpmpp_3m", "unipc", "heun", "rk4")
 
 
 @dataclass(frozen=True, eq=False)

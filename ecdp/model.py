@@ -32,6 +32,7 @@ from torch import Tensor
 import torch.nn.functional as F
 
 from .imresize import bicubic_upsample
+from .distributed import batch_rand, batch_randn
 from .losses import build_quality_loss, quality_run_info
 from .method import Method, StagePlan
 from .nets import RRDB_HEADS, UNet
@@ -258,8 +259,8 @@ class ECDP(Method):
 
     def score_loss(self, hr: Tensor, mu: Tensor, cond: Tensor) -> Tensor:
         """Eq. 16 on x_t of eq. 17, t ~ U[0, 1) (released code)."""
-        t = torch.rand(hr.shape[0], device=hr.device)
-        eps = torch.randn_like(hr)
+        t = batch_rand((hr.shape[0],), device=hr.device)     # per-sample draws (ecdp.distributed)
+        eps = batch_randn(hr.shape, device=hr.device, dtype=hr.dtype)
         x_t = self.sde.perturb(hr, mu, self.sigma2, t, eps)
         sigma = self.sigma2.sqrt()
         out = self.unet((x_t - mu) / sigma, t, cond)

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .distributed import batch_randn
+
 
 @dataclass(frozen=True)
 class ConditionalVPSDE:
@@ -67,7 +69,7 @@ class ConditionalVPSDE:
 
     def prior_sample(self, mu: Tensor, sigma2, generator: torch.Generator | None = None) -> Tensor:
         """x(T) ~ N(mu(y), sigma^2(y) I) (eq. 12)."""
-        noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        noise = batch_randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return mu + _bc(torch.as_tensor(sigma2, dtype=mu.dtype, device=mu.device), mu).sqrt() * noise
 
     # --- forward / reverse dynamics --------------------------------------------

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 from pathlib import Path
 
@@ -45,13 +46,14 @@ from . import checkpoint as ckpt
 from .checkpoint import all_finite
 from . import config as config_mod
 from .data import PairedImages, PatchSampler, TrainPatches, read_meta
+from .distributed import World, batch_shard, shard
 from .provenance import record
 from .registry import build_method, count_params
 
 
 #: keys of a resolved run config that do not change the trained weights
 NON_TRAINING_KEYS = (("sampler",), ("train", "validate"), ("train", "log_every"), ("train", "checkpoint_every"),
-                     ("data", "workers"))
+                     ("data", "workers"), ("data", "pin_memory"), ("data", "persistent_workers"))
 
 
 def training_part(cfg: dict, drop: tuple = ()) -> dict:
@@ -134,10 +136,54 @@ def _collate(batch):
     return torch.stack(hr), torch.stack(lr)
 
 
-def make_loader(dataset: TrainPatches, stage: dict, seed: int, start_step: int, steps: int, workers: int):
-    sampler = PatchSampler(len(dataset), stage["batch"], seed, start_step, steps)
+class _Shard(torch.utils.data.Sampler):
+    """This rank's rows of each global batch of a :class:`PatchSampler` (ecdp.distributed)."""
+
+    def __init__(self, sampler: PatchSampler, world: World):
+        self.sampler, self.world = sampler, world
+
+    def __iter__(self):
+        for batch in self.sampler:
+            yield shard(batch, self.world)
+
+    def __len__(self):
+        return len(self.sampler)
+
+
+def make_loader(dataset: TrainPatches, stage: dict, seed: int, start_step: int, steps: int, workers: int,
+                world: World = World(), pin_memory: bool = False, persistent_workers: bool = False):
+    """The step-indexed global batches of a stage (rank's shard under DDP), ``workers``
+    loader processes, pinned memory / persistent workers as the config's ``data`` says."""
+    sampler = _Shard(PatchSampler(len(dataset), stage["batch"], seed, start_step, steps), world)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=_collate, num_workers=workers,
-                      persistent_workers=False)
+                      pin_memory=pin_memory, persistent_workers=persistent_workers and workers > 0)
+
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(tcfg: dict, device: torch.device) -> None:
+    """``train.precision`` fp32 | bf16 | fp16 (fp16 needs CUDA: its GradScaler), ``channels_last``, ``compile``."""
+    p = tcfg.get("precision", "fp32")
+    if p not in PRECISIONS:
+        raise ValueError(f"train.precision: must be one of {', '.join(PRECISIONS)}, got {p!r}")
+    if p == "fp16" and device.type != "cuda":
+        raise ValueError("train.precision: fp16 needs a CUDA device (loss scaling); use bf16 on CPU")
+    for key in ("channels_last", "compile"):
+        if not isinstance(tcfg.get(key, False), bool):
+            raise ValueError(f"train.{key}: must be true or false, got {tcfg.get(key)!r}")
+
+
+class _Losses(torch.nn.Module):
+    """The method's ``training_losses`` as a module's forward: what DDP wraps (and
+    ``torch.compile`` compiles) so that its gradients are all-reduced by the standard engine."""
+
+    def __init__(self, method):
+        super().__init__()
+        self.method = method
+
+    def forward(self, hr, lr):
+        return self.method.training_losses(hr, lr)
 
 
 def _stage_seed(seed: int, step: int) -> int:
@@ -163,12 +209,19 @@ class Trainer:
     def __init__(self, cfg: dict, out: str | Path, device: str = "cpu", init_from: str | Path | None = None,
                  keep_stages: bool = False):
         config_mod.check_stages(cfg)   # before any work: steps: -3, stages: [], stpes: ... are errors
-        self.cfg, self.out, self.device = cfg, Path(out), torch.device(device)
+        self.world = World.from_env()   # torchrun's ranks, or a world of one
+        check_precision(cfg["train"], torch.device(device))
+        for i, st in enumerate(cfg["train"]["stages"]):
+            self.world.local_batch(int(st["batch"]))
+        self.cfg, self.out = cfg, Path(out)
+        self.device = self.world.start(device)
         self.init_from, self.keep_stages = (Path(init_from) if init_from else None), keep_stages
         self.init_info: dict = {}
         self.data_root = Path(cfg["data"]["root"]) / cfg["data"]["dataset"]
         self.meta = read_meta(self.data_root)
         self.method = build_method(cfg, self.meta).to(self.device)
+        if cfg["train"].get("channels_last"):
+            self.method.to(memory_format=torch.channels_last)
         self.stages = cfg["train"]["stages"]
         self.global_step = 0
         self.stage_index = 0
@@ -219,7 +272,7 @@ class Trainer:
         self.global_step, self.stage_index, self.step_in_stage = int(state["global_step"]), k, 0
         self._last_ema = EMA(self.method, 0.0)
         self._last_ema.shadow = state["ema"]
-        for name, text in (state.get("logs") or {}).items():
+        for name, text in (state.get("logs") or {}).items() if self.world.main else ():
             (self.out / name).write_text(text)
         self.init_info = {"init_from": {"path": str(path), "sha256": ckpt.sha256_file(path), "stages": k,
                                         "global_step": self.global_step}}
@@ -251,29 +304,30 @@ class Trainer:
         elif ck_path.exists() and not resume:
             raise FileExistsError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
         if resumed is None and self.init_from is not None:
-            for name in ("log.jsonl", "val.jsonl"):
-                (self.out / name).unlink(missing_ok=True)
             self._start_from(self.init_from)
         elif resumed is not None and resumed.get("init_from"):
             self.init_info = {"init_from": resumed["init_from"]}
-        (self.out / "config.yaml").write_text(yaml.safe_dump(self.cfg, sort_keys=False))
-        (self.out / "provenance.json").write_text(json.dumps(self.provenance(), indent=2))
+        main = self.world.main   # under DDP only rank 0 writes files
+        if main:
+            (self.out / "config.yaml").write_text(yaml.safe_dump(self.cfg, sort_keys=False))
+            (self.out / "provenance.json").write_text(json.dumps(self.provenance(), indent=2))
         seed = int(self.cfg.get("seed", 0))
         tcfg = self.cfg["train"]
         total = sum(s["steps"] for s in self.stages)
-        bar = tqdm(total=total, initial=self.global_step, desc="train", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=total, initial=self.global_step, desc="train", unit="step", dynamic_ncols=True,
+                   disable=not main)
         ema = self._last_ema   # resumed or started at a stage boundary (possibly the last)
-        if resumed is None and not self.init_info:  # a fresh start: logs of an earlier run here would mix in
+        if main and resumed is None and not self.init_info:  # a fresh start: an earlier run's logs would mix in
             for name in ("log.jsonl", "val.jsonl"):
                 (self.out / name).unlink(missing_ok=True)
-        else:   # steps after the checkpoint are trained again: drop their records (no step logged twice)
+        elif main:   # steps after the checkpoint are trained again: drop their records (no step logged twice)
             for name in ("log.jsonl", "val.jsonl"):
                 _truncate_log(self.out / name, self.global_step)
         stage_file = self.out / "stages" / f"stage{self.stage_index}.pt"
-        if self.keep_stages and resumed is not None and ema is not None and not stage_file.exists():
+        if main and self.keep_stages and resumed is not None and ema is not None and not stage_file.exists():
             ckpt.save(self.stage_state(ema), stage_file)   # killed between the boundary checkpoint and it
         try:   # the bar is closed before any error is printed (never glued onto its line)
-            with open(self.out / "log.jsonl", "a") as log:
+            with open(self.out / "log.jsonl" if main else os.devnull, "a") as log:
                 while self.stage_index < len(self.stages):
                     stage = self.stages[self.stage_index]
                     ema = self._run_stage(stage, seed, tcfg, log, bar, resumed)
@@ -281,14 +335,18 @@ class Trainer:
                     self.stage_index += 1
                     self.step_in_stage = 0
                     log.flush()
-                    ckpt.save(self.state(None, ema), ck_path)
-                    if self.keep_stages:
-                        ckpt.save(self.stage_state(ema), self.out / "stages" / f"stage{self.stage_index}.pt")
+                    if main:
+                        ckpt.save(self.state(None, ema), ck_path)
+                        if self.keep_stages:
+                            ckpt.save(self.stage_state(ema), self.out / "stages" / f"stage{self.stage_index}.pt")
         finally:
             bar.close()
-        ckpt.save(self.final(ema), final)
-        if self.run_info:  # e.g. which feature network the quality loss used
-            (self.out / "provenance.json").write_text(json.dumps(self.provenance(), indent=2))
+        self.world.barrier()   # every rank finished every step: only then is the run complete
+        if main:
+            ckpt.save(self.final(ema), final)
+            if self.run_info:  # e.g. which feature network the quality loss used
+                (self.out / "provenance.json").write_text(json.dumps(self.provenance(), indent=2))
+        self.world.barrier()
         return final
 
     def _run_stage(self, stage: dict, seed: int, tcfg: dict, log, bar, resumed: dict | None):
@@ -316,47 +374,77 @@ class Trainer:
         remaining = stage["steps"] - self.step_in_stage
         if remaining <= 0:
             return ema
-        dataset = TrainPatches(self.data_root, int(stage.get("patch", self.cfg["data"]["patch"])))
-        loader = make_loader(dataset, stage, seed, self.global_step, remaining, int(self.cfg["data"].get("workers", 0)))
+        data = self.cfg["data"]
+        dataset = TrainPatches(self.data_root, int(stage.get("patch", data["patch"])))
+        loader = make_loader(dataset, stage, seed, self.global_step, remaining, int(data.get("workers", 0)),
+                             self.world, bool(data.get("pin_memory")), bool(data.get("persistent_workers")))
         params = [p for g in groups for p in g["params"]]
         warmup = int(stage.get("warmup", tcfg.get("warmup", 0)))
         val_cfg = tcfg.get("validate") or {}
+        module = self._loss_module()
+        amp = PRECISIONS[tcfg.get("precision", "fp32")]
+        scaler = torch.amp.GradScaler("cuda", enabled=amp is torch.float16)
+        fmt = torch.channels_last if tcfg.get("channels_last") else torch.contiguous_format
         t0, n_img = time.perf_counter(), 0
         for hr, lr in loader:
             torch.manual_seed(_stage_seed(seed, self.global_step))
-            hr, lr = hr.to(self.device), lr.to(self.device)
+            hr = hr.to(self.device, non_blocking=True).contiguous(memory_format=fmt)
+            lr = lr.to(self.device, non_blocking=True).contiguous(memory_format=fmt)
             f = lr_factor(self.step_in_stage, warmup, stage.get("milestones"))
             for g in opt.param_groups:
                 g["lr"] = g["initial_lr"] * f
-            losses = self.method.training_losses(hr, lr)
-            loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                self._diverged(stage, "loss " + ", ".join(f"{k}={float(v.detach()):g}" for k, v in losses.items()))
+            with batch_shard(self.world, int(stage["batch"])), \
+                    torch.autocast(self.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+                losses = module(hr, lr)
+            loss = sum(v.float() for v in losses.values())
+            # the losses averaged over ranks: what is logged, and what every rank tests for finiteness
+            values = self.world.mean(torch.stack([v.detach().float() for v in losses.values()]))
+            if not bool(torch.isfinite(values).all()):
+                self._diverged(stage, "loss " + ", ".join(f"{k}={float(v):g}" for k, v in zip(losses, values)))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
             clip_gradients(params, tcfg.get("clip"))
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             if not all_finite(params):
                 self._diverged(stage, "weights after the optimiser step")
             ema.update(self.method)
             self.global_step += 1
             self.step_in_stage += 1
-            n_img += hr.shape[0]
+            n_img += hr.shape[0] * self.world.size
+            total = float(values.sum())
             bar.update(1)
-            bar.set_postfix(stage=stage["name"], loss=f"{loss.item():.4f}", refresh=False)
+            bar.set_postfix(stage=stage["name"], loss=f"{total:.4f}", refresh=False)
             if self.step_in_stage % int(tcfg.get("log_every", 50)) == 0 or self.step_in_stage == stage["steps"]:
                 dt = time.perf_counter() - t0
                 log.write(json.dumps({"step": self.global_step, "stage": stage["name"],
-                                      **{k: v.item() for k, v in losses.items()}, "loss": loss.item(),
+                                      **{k: float(v) for k, v in zip(losses, values)}, "loss": total,
                                       "lr": opt.param_groups[0]["lr"], "images_per_s": n_img / max(dt, 1e-9)}) + "\n")
                 log.flush()
                 t0, n_img = time.perf_counter(), 0
-            if val_cfg.get("every") and self.step_in_stage % int(val_cfg["every"]) == 0 and plan.validate:
+            if val_cfg.get("every") and self.step_in_stage % int(val_cfg["every"]) == 0 and plan.validate \
+                    and self.world.main:
                 self.validate(ema, stage, val_cfg)
-            if self.step_in_stage % int(tcfg.get("checkpoint_every", 1000)) == 0 and self.step_in_stage < stage["steps"]:
+            if self.step_in_stage % int(tcfg.get("checkpoint_every", 1000)) == 0 and self.step_in_stage < stage["steps"] \
+                    and self.world.main:
                 ckpt.save(self.state(opt, ema), self.out / "checkpoint.pt")
         self._last_ema = ema
         return ema
+
+    def _loss_module(self):
+        """``training_losses`` as a module: under DDP (torchrun) wrapped by
+        ``DistributedDataParallel`` (gradients all-reduced, averaged over ranks; unused
+        parameters of a stage allowed), compiled with ``train.compile``."""
+        module = _Losses(self.method)
+        if self.world.size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            module = DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+        if self.cfg["train"].get("compile"):
+            module = torch.compile(module)
+        return module
 
     def _diverged(self, stage: dict, what: str):
         ck = self.out / "checkpoint.pt"
@@ -412,17 +500,51 @@ def add_cli(p):
                         "those stages train exactly as this config's")
     p.add_argument("--keep-stages", action="store_true",
                    help="keep the state after each stage in OUT/stages/stage<k>.pt (for --init-from)")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train with N data-parallel processes on this machine (torchrun --standalone; one GPU "
+                        "each, or gloo on CPU); the stages' batch is the global batch. Under torchrun: not needed")
+
+
+def launch(argv: list[str], nproc: int) -> int:
+    """``ecdp train ... --nproc N``: the same command under ``torchrun --standalone``
+    (the standard launcher; a multi-node run calls torchrun itself)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "ecdp.cli", "train", *argv]
+    return subprocess.run(cmd).returncode
+
+
+def _argv(args) -> list[str]:
+    """The ``ecdp train`` arguments of ``args`` without ``--nproc`` (what each rank runs)."""
+    argv = ["--config", args.config, "--out", args.out, "--device", args.device]
+    argv += ["--resume"] * bool(args.resume) + ["--keep-stages"] * bool(args.keep_stages)
+    argv += ["--init-from", args.init_from] if args.init_from else []
+    return argv + (["--set", *args.set] if args.set else [])
 
 
 def run_cli(args) -> int:
     from .cli import CLIError
 
+    world = World.from_env()
+    if args.nproc < 1:
+        raise CLIError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc > 1 and world.size == 1:
+        rc = launch(_argv(args), args.nproc)
+        if rc:
+            raise CLIError(f"training with {args.nproc} processes failed (exit code {rc}; the failing rank's "
+                           "error is above)")
+        return 0
     try:
         cfg = config_mod.load(args.config, config_mod.parse_overrides(args.set))
         torch.manual_seed(int(cfg.get("seed", 0)))  # initial weights, as train()
         trainer = Trainer(cfg, args.out, args.device, init_from=args.init_from, keep_stages=args.keep_stages)
         final = trainer.run(resume=args.resume)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
-        raise CLIError(str(e)) from None
-    print(f"already finished, left as it is: {final}" if trainer.already_finished else f"trained: {final}")
+        raise CLIError(f"rank {world.rank} of {world.size}: {e}" if world.size > 1 else str(e)) from None
+    finally:
+        world.stop()
+    if world.main:
+        print(f"already finished, left as it is: {final}" if trainer.already_finished else f"trained: {final}")
     return 0

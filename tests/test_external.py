@@ -77,7 +77,8 @@ def test_exponential_integrator_solves_the_discrete_flow(name):
 def test_every_sampler_maps_the_prior_to_the_data(name, sampler):
     p = DiscreteVP(alpha_bar=SCHEDULES[name].alpha_bar)
     x_T = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    x, _ = sample(oracle(p), p, x_T, sampler, steps={"dpmpp_1": 200, "dpmpp_2m": 30, "heun": 30, "rk4": 10}[sampler])
+    steps = {"dpmpp_1": 200, "dpmpp_2m": 30, "dpmpp_3m": 30, "unipc": 30, "heun": 30, "rk4": 10}[sampler]
+    x, _ = sample(oracle(p), p, x_T, sampler, steps=steps)
     assert abs(float(x.mean()) - M) < 0.01 and abs(float(x.std()) / S - 1) < 0.03
 
 

@@ -1,4 +1,4 @@
-"""Fixed-step samplers of eq. 13 (dpmpp_1, dpmpp_2m, heun, rk4) on an exactly solvable case.
+"""Fixed-step samplers of eq. 13 (dpmpp_1, dpmpp_2m, dpmpp_3m, unipc, heun, rk4) on an exactly solvable case.
 
 Data model: every pixel of x0 is N(m, s^2) given y, while the process is centred on
 mu(y) = mu != m with prior variance sigma2 != s^2 (so the denoiser is not trivial).
@@ -30,9 +30,9 @@ from ecdp.sde import ConditionalVPSDE, _bc
 
 SDE = ConditionalVPSDE()
 MU, SIGMA2, M, S = 0.3, 0.04, 0.45, 0.1
-FAST = ("dpmpp_1", "dpmpp_2m", "heun", "rk4")
-NFE_PER_STEP = {"dpmpp_1": 1, "dpmpp_2m": 1, "heun": 2, "rk4": 4}
-MIN_ORDER = {"dpmpp_1": 0.8, "dpmpp_2m": 1.6, "heun": 1.6, "rk4": 3.0}
+FAST = ("dpmpp_1", "dpmpp_2m", "dpmpp_3m", "unipc", "heun", "rk4")
+NFE_PER_STEP = {"dpmpp_1": 1, "dpmpp_2m": 1, "dpmpp_3m": 1, "unipc": 1, "heun": 2, "rk4": 4}
+MIN_ORDER = {"dpmpp_1": 0.8, "dpmpp_2m": 1.6, "dpmpp_3m": 2.6, "unipc": 2.6, "heun": 1.6, "rk4": 3.0}
 
 
 def gaussian_denoiser(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -183,3 +183,31 @@ def test_fast_sampler_differentiates_directly(tiny_model):
                              train=True)
     x.mean().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in tiny_model.unet.parameters())
+
+
+@pytest.mark.parametrize("offsets", [[0.0], [0.0, -0.3], [0.0, -0.3, -0.7], [0.4, 0.0, -0.3, -0.7]])
+def test_adams_weights_integrate_polynomials_exactly(offsets):
+    """sum_j w_j P(tau_j) = int_0^h e^{-(h - tau)} P(tau) d tau for P of degree < len(offsets)
+    (checked against a 20000-point midpoint rule), and the weights sum to 1 - e^{-h}."""
+    from ecdp.sampling import adams_weights
+
+    h = 0.4
+    w = adams_weights(offsets, h)
+    assert sum(w) == pytest.approx(-math.expm1(-h), rel=1e-12)
+    n = 20000
+    taus = [(k + 0.5) * h / n for k in range(n)]
+    for degree in range(len(offsets)):
+        exact = sum(math.exp(-(h - t)) * (1 + t) ** degree for t in taus) * h / n
+        assert sum(wj * (1 + o) ** degree for wj, o in zip(w, offsets)) == pytest.approx(exact, rel=1e-7)
+
+
+def test_unipc_order_option():
+    from ecdp.sampling import check_options
+
+    x_T, mu = prior((1, 1, 8, 8))
+    exact = exact_flow(x_T)
+    errs = {o: float((SAMPLERS["unipc"](gaussian_denoiser, x_T, mu, SIGMA2, SDE, steps=8, order=o)[0]
+                      - exact).abs().max()) for o in (1, 2, 3)}
+    assert errs[3] < errs[1] and errs[2] < errs[1]          # higher order, smaller error at 8 steps
+    with pytest.raises(ValueError, match="order: 1, 2 or 3"):
+        check_options({"name": "unipc", "order": 4})

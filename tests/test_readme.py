@@ -56,6 +56,12 @@ COMMANDS: dict[str, object] = {
     "ecdp train --config FILE --out DIR [--resume] [--set key.path=value ...]": "synopsis",
     "ecdp sr --checkpoint DIR/final.pt IMAGES... -o OUTDIR [--seed S] [--sampler '{\"atol\": 1e-3}'] [--overwrite]":
         "synopsis",
+    # Many GPUs (none here: the synopsis is checked against --help; tests/test_distributed.py runs
+    # --nproc 2 on CPU with gloo)
+    "ecdp train --config FILE --out DIR --nproc 8": "synopsis",
+    "torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \\":
+        _covered("tests/test_distributed.py (torchrun --standalone through ecdp train --nproc 2)"),
+    "-m ecdp.cli train --config FILE --out DIR": _covered("the continuation of the torchrun line above"),
     # Data (the real hosts are not reachable here: the dry run prints what would be fetched)
     "ecdp data prepare div2k --root data --dry-run": AS_WRITTEN,
     "ecdp data prepare div2k celeba benchmarks --root data": "ecdp data prepare div2k celeba benchmarks --root data --dry-run",

@@ -106,6 +106,9 @@ def test_benchmark_tables(tmp_path):
                 *[_bench(f"m{m}{s}", "quality-memory", 1.0, mode=m, steps=s, nfe=4 * s,
                          peak_saved_bytes=(2**20 if m == "adjoint" else s * 2**20)) for m in ("adjoint", "direct")
                   for s in (4, 8)],
+                _bench("t32", "training-throughput", 2.0, arch="div2k", mode="fp32", batch=4, hr_crop=64),
+                _bench("t16", "training-throughput", 0.5, arch="div2k", mode="bf16", batch=4, hr_crop=64),
+                _bench("ld", "loader", 0.1, workers=0, batch=16, patch=32, batches_per_s=80.0),
             ]}
     path = tmp_path / "bench.json"
     path.write_text(json.dumps(data))
@@ -124,5 +127,9 @@ def test_benchmark_tables(tmp_path):
     assert float(ts[1]["time_vs_score_step"]) == pytest.approx(5.0)
     qm = list(csv.DictReader((out / "quality_memory.csv").open()))
     assert [float(r["memory_vs_fewest_steps"]) for r in qm] == [1.0, 1.0, 1.0, 2.0]
+    tp = {(r["arch"], r["mode"]): r for r in csv.DictReader((out / "training_throughput.csv").open())}
+    assert float(tp[("div2k", "fp32")]["images_per_s"]) == pytest.approx(2.0)        # 4 images / 2 s
+    assert float(tp[("div2k", "bf16")]["vs_fp32"]) == pytest.approx(4.0)
+    assert float(tp[("loader alone", "0 workers")]["images_per_s"]) == pytest.approx(16 * 80.0)
     assert report_main([str(path), str(tmp_path / "o2")]) == 0
     assert report_main([str(tmp_path / "missing.json"), str(tmp_path / "o3")]) == 2

@@ -9,7 +9,10 @@ Every ratio is against a row measured in the *same* run on the same machine:
   scaled by ``full_steps / timed_steps``) say so in the ``timing`` column;
 * training_step: seconds per step / the score-only step's;
 * quality_memory: peak autograd bytes and seconds per gradient, adjoint vs direct, by
-  solver steps; ratios against the same mode at the fewest steps.
+  solver steps; ratios against the same mode at the fewest steps;
+* training_throughput: training images per second of each Table 6 ECDP architecture
+  in fp32 / bf16 / bf16 + channels_last / compiled (ratio to the same architecture's
+  fp32 row), and the loader's batches per second alone (``loader`` rows).
 
 The machine (CPU, cores, torch threads, python, commit) comes from the JSON's
 ``machine_info`` / ``commit_info`` and is written above every markdown table.
@@ -111,6 +114,25 @@ def training_step_table(data: dict) -> pd.DataFrame:
     return df
 
 
+def training_throughput_table(data: dict) -> pd.DataFrame:
+    rows = []
+    for r in _rows(data, "training-throughput"):
+        rows.append({"arch": r.get("arch"), "mode": r.get("mode"), "batch": r.get("batch"), "hr_crop": r.get("hr_crop"),
+                     "images_per_s": r.get("batch", 1) / r["median_s"], "seconds_per_step": r["median_s"],
+                     "params": r.get("params"), "scale": r.get("scale"), "device": r.get("device")})
+    for r in _rows(data, "loader"):
+        rows.append({"arch": "loader alone", "mode": f"{r.get('workers')} workers", "batch": r.get("batch"),
+                     "hr_crop": r.get("patch"), "images_per_s": r.get("batch", 1) * r.get("batches_per_s", math.nan),
+                     "seconds_per_step": 1 / r["batches_per_s"] if r.get("batches_per_s") else math.nan,
+                     "params": None, "scale": r.get("note"), "device": r.get("device")})
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    fp32 = df[df["mode"] == "fp32"].set_index("arch")["images_per_s"]
+    df["vs_fp32"] = df.apply(lambda r: r["images_per_s"] / fp32.get(r["arch"], math.nan), axis=1)
+    return df
+
+
 def quality_memory_table(data: dict) -> pd.DataFrame:
     rows = []
     for r in _rows(data, "quality-memory"):
@@ -172,18 +194,24 @@ NOTES = {
                        "peak_saved_mib: peak live bytes of tensors autograd saved for backward "
                        "(ecdp.memory.SavedTensorMeter). The adjoint method should stay flat in the number of steps; "
                        "direct backprop grows linearly."),
+    "training_throughput": ("Training images per second, one score-stage optimiser step (eq. 16) of each Table 6 "
+                            "ECDP architecture; vs_fp32: ratio to the same architecture's fp32 row, same run. On CPU "
+                            "the batch is 1 and the HR crop 64 (`scale` column), not the paper's, and compiled rows "
+                            "are skipped: CPU figures show that every mode runs, not GPU throughput. `loader alone` "
+                            "rows: the training data loader without a model, to compare with a step."),
 }
 
 
 def benchmark_tables(json_path: str | Path, out_dir: str | Path) -> list[Path]:
-    """Write ``{sampling,training_step,quality_memory}.{csv,md}`` (+ ``machine.json``) to ``out_dir``."""
+    """Write ``{sampling,training_step,quality_memory,training_throughput}.{csv,md}`` (+ ``machine.json``)."""
     data = load(json_path)
     machine = machine_summary(data)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tables = {"sampling": (sampling_table(data), "Sampling speed (same run)"),
               "training_step": (training_step_table(data), "Training step"),
-              "quality_memory": (quality_memory_table(data), "Image quality loss: adjoint vs direct backprop")}
+              "quality_memory": (quality_memory_table(data), "Image quality loss: adjoint vs direct backprop"),
+              "training_throughput": (training_throughput_table(data), "Training throughput (issue 14)")}
     written = []
     for name, (df, title) in tables.items():
         csv_path, md_path = out / f"{name}.csv", out / f"{name}.md"

@@ -4,7 +4,9 @@
 # training rule refuses the other cells.  A job whose first stages train exactly as an
 # earlier job's (SR3++ after SR3, ECDP without L_quality after ECDP: grid.py init_from)
 # waits for that job and starts from its stage state (`--init-from`; the earlier job
-# keeps its stage states: `--keep-stages`).  The run config (base + overrides, resolved)
+# keeps its stage states: `--keep-stages`).  With `resources.gpu: N > 1` each training job
+# runs N data-parallel processes (`ecdp train --nproc N`: torchrun, DDP, one GPU each;
+# the stages' batch is the global batch).  The run config (base + overrides, resolved)
 # is written to RUN/run.yaml; `ecdp train --resume` continues a killed job from its
 # last atomic checkpoint (Snakemake reruns the incomplete job, the trainer resumes).
 
@@ -43,6 +45,8 @@ def stage_args(wildcards):
         args += ["--init-from", init]
     if GRID.init_dependents(cell):
         args.append("--keep-stages")
+    if int(RES["gpu"]) > 1:
+        args += ["--nproc", str(int(RES["gpu"]))]   # one data-parallel process per GPU of the job
     return " ".join(shlex.quote(a) for a in args)
 
 
