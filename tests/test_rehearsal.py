@@ -163,7 +163,7 @@ def test_reduced_rehearsal_runs_every_rule(tmp_path, weights_dir):
     ecdp = next(r for r in rep["training"] if r["run"].startswith("div2k/ecdp-hybrid-c1.0"))
     assert 42e6 < ecdp["params"] < 43.5e6   # Table 6: 42.6M
     assert all(s["seconds_per_step"] > 0 for s in ecdp["stages"].values())
-    assert all(e["device"] == "cpu" for e in rep["evaluations"])
+    assert all(e["device"].startswith("cpu") for e in rep["evaluations"])
     assert any(e["seconds_per_nfe"] for e in rep["evaluations"])
     assert all(r["peak_rss_mb"] for k, r in rep["per_rule"].items() if k != "fetch_weights")
     fwd = {f["arch"]: f for f in rep["forward_checks"]}

@@ -253,7 +253,8 @@ def training_runs(results: Path) -> list[dict]:
     """Per training job: run, method, arch, parameters (its final.pt provenance,
     read without the weights where possible: the evaluated summary), stage kinds, and the
     median seconds per step of each stage (batch / images_per_s of log.jsonl; a stage's
-    first step, which includes its set-up, is left out where there are more)."""
+    first step, which includes its set-up, is left out where there are more); runs
+    that train nothing (bicubic) are left out."""
     runs = []
     for log in sorted(results.glob("runs/*/*/seed*/train/log.jsonl")):
         train = log.parent
@@ -267,6 +268,8 @@ def training_runs(results: Path) -> list[dict]:
                 steps = [st["batch"] / v for v in ips]
                 per_stage[name] = {"kind": st.get("kind"), "batch": st["batch"], "steps_logged": len(steps),
                                    "seconds_per_step": round(statistics.median(steps[1:] or steps), 3)}
+        if not per_stage:   # nothing trained (bicubic's checkpoint)
+            continue
         prov = json.loads((train / "provenance.json").read_text()) if (train / "provenance.json").exists() else {}
         runs.append({"run": str(train.parent.relative_to(results / "runs")), "method": cfg.get("method"),
                      "arch": cfg.get("model", {}).get("arch"), "params": _params(train.parent, prov),
