@@ -64,6 +64,10 @@ COMMANDS: dict[str, object] = {
     "-m ecdp.cli train --config FILE --out DIR": _covered("the continuation of the torchrun line above"),
     # Data (the real hosts are not reachable here: the dry run prints what would be fetched)
     "ecdp data prepare div2k --root data --dry-run": AS_WRITTEN,
+    "python3 workflow/scripts/rehearse.py": _skip("the full paper rehearsal: 28 training jobs of the paper's "
+                                                  "networks, too long for a test; its reduced form is tested"),
+    "python3 workflow/scripts/rehearse.py --reduced": _covered("tests/test_rehearsal.py "
+                                                               "(test_reduced_rehearsal_runs_every_rule, slow)"),
     "ecdp data prepare div2k celeba benchmarks --root data": "ecdp data prepare div2k celeba benchmarks --root data --dry-run",
     "ecdp data prepare imagenet --root data --source-dir /path/to/ILSVRC2012":
         "ecdp data prepare imagenet --root data --source-dir /path/to/ILSVRC2012 --dry-run",

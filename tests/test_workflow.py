@@ -149,6 +149,8 @@ def _write(tmp_path: Path, cfg: dict) -> Path:
     (lambda c: c["methods"]["ecdp"]["set"]["train"]["stages"][1].update(steps=-3),
      "train.stages[1].steps: must be a positive integer"),
     (lambda c: c["methods"]["ecdp"]["set"].update(smapler={}), "unknown config key 'smapler'"),
+    # the sampler study's HR crop must be big enough for LPIPS-Alex (found by the rehearsal, issue 13)
+    (lambda c: c["studies"]["samplers"].update(lr_crop=4), "studies.samplers.lr_crop: 4 x scale 4 = 16 px"),
 ])
 def test_invalid_config_fails_with_schema_message(tmp_path, mutate, message):
     cfg = yaml.safe_load((ROOT / "config" / "default.yaml").read_text())

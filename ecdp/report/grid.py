@@ -114,6 +114,16 @@ def discrepancy_label(name: str) -> str:
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
+def dataset_scale(name: str) -> int | None:
+    """The SR scale of a registry dataset (None for a dataset the registry does not know)."""
+    from ..data.registry import get_spec
+
+    try:
+        return int(get_spec(name).scale)
+    except KeyError:
+        return None
+
+
 def check_paths(config: dict) -> None:
     """Names and roots that would write outside the project's folders are refused:
     dataset and variant names must be plain path components (not ``..``); ``results``
@@ -250,6 +260,21 @@ class Grid:
         if acc is not None and not (isinstance(acc, int) and 0 <= acc < len(sam.get("samplers") or [])):
             raise ValueError(f"studies.samplers.accurate: {acc!r} is not an index of studies.samplers.samplers "
                              f"(0..{len(sam.get('samplers') or []) - 1})")
+        self._check_lr_crop(sam)
+
+    def _check_lr_crop(self, sam: dict) -> None:
+        """The sampler study scores LPIPS-Alex on lr_crop x scale HR pixels: a crop too
+        small for it fails at dry-run time (found by the rehearsal: after training)."""
+        from ..metrics import LPIPS_MIN_SIDE
+
+        crop, ds = sam.get("lr_crop"), sam.get("dataset")
+        if not crop or ds not in self.datasets:
+            return
+        scale = dataset_scale(self.datasets[ds]["name"])
+        if scale and crop * scale < LPIPS_MIN_SIDE["alex"]:
+            raise ValueError(f"studies.samplers.lr_crop: {crop} x scale {scale} = {crop * scale} px, below the "
+                             f"{LPIPS_MIN_SIDE['alex']} px LPIPS-Alex needs (lr_crop >= "
+                             f"{-(-LPIPS_MIN_SIDE['alex'] // scale)})")
 
     def _check_drop(self, variant: str, drop: set, stages: list) -> None:
         known = {s.get("kind") for s in stages} | {s.get("name") for s in stages}
