@@ -244,6 +244,7 @@ def main(argv=None) -> int:
     import pandas as pd
 
     from ecdp import cost
+    from ecdp.registry import count_params
 
     cfg = paper_div2k_config()
     meta_m = cost.meta_method(cfg, 4)
@@ -295,7 +296,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(out / "fullsize.csv", index=False)
     summary = {
-        "weights_gib": w_gib, "dopri5_1e-4_nfe": nfe,
+        "params_m": count_params(meta_m) / 1e6, "weights_gib": w_gib, "dopri5_1e-4_nfe": nfe,
         "full_activation_model_gib": full["model_peak_gib"], "full_activation_rss_fit_gib": full["activation_rss_gib"],
         "full_gpu_estimate_gib": gpu_gib, "full_gpu_estimate_rss_gib": gpu_gib_rss,
         "full_flops_per_nfe": full["flops_per_nfe"], "full_flops_cond": full["flops_cond"],
@@ -321,7 +322,9 @@ def markdown(rows: list[dict], s: dict) -> str:
              "(random weights), x4, batch 1, a 2-NFE sampler (dpmpp_1, 2 steps), float32, no_grad.  "
              "`act. RSS`: peak resident set of a fresh process minus its resident set before inference (CPU); "
              "`model`: peak bytes of live tensors on the meta device (ecdp.cost.PeakLiveBytes); CPU seconds are "
-             "process CPU time of one thread; FLOPs count matmuls and convolutions (FlopCounterMode).", "",
+             "process CPU time of one thread; FLOPs count matmuls and convolutions (FlopCounterMode).  "
+             f"Parameters (`ecdp params`: U-Net + LR encoder): {s['params_m']:.1f}M (Table 6: 42.6M); weights held "
+             f"(all parameters, float32): {s['weights_gib']:.2f} GiB.", "",
              "| LR | HR | source | act. RSS GiB | model GiB | CPU s cond | CPU s / NFE | GFLOP cond | GFLOP / NFE |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
 
