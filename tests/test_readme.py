@@ -95,6 +95,13 @@ COMMANDS: dict[str, object] = {
     "pip install snakemake-executor-plugin-slurm": _skip("a cluster's set-up (the plugin is in environment.yml)"),
     "snakemake --profile workflow/profiles/slurm --configfile config/paper.yaml":
         "snakemake -n --profile workflow/profiles/slurm --configfile config/paper.yaml",
+    # The paper grid's cost (results/rehearsal/): the helpers are tested fast; the runs take CPU-minutes
+    "python3 workflow/scripts/fullsize.py": _covered("tests/test_cost.py (its FLOP, memory-model and fit helpers); "
+                                                     "results/rehearsal/fullsize.* is its output"),
+    "python3 workflow/scripts/gpu_hours.py": _covered("tests/test_cost.py (FLOP, NFE and GPU-hour helpers); "
+                                                      "results/rehearsal/gpu_hours.* is its output"),
+    "python3 workflow/scripts/gpu_hours.py --readme": _covered("tests/test_cost.py: the README block equals "
+                                                               "what this command writes from the CSVs"),
     # Sampling speed
     "ecdp time --checkpoint runs/tiny/final.pt --size 64 --sampler '{\"name\": \"dpmpp_2m\", \"steps\": 10}'":
         AS_WRITTEN,
