@@ -22,11 +22,12 @@ and with ``keep_stages`` ``stages/stage<k>.pt``: the state after the first ``k``
 
 Shared training prefixes: a run whose first ``k`` stages train exactly as another
 run's (:func:`shared_stages`: the same stages, and a config that differs only in what
-the later stages read, e.g. SR3++ after SR3, ECDP without L_quality after ECDP) starts
-from that run's ``stages/stage<k>.pt`` (``init_from``) instead of training them again.
+the later stages read, e.g. SR3++ after SR3, ECDP without the quality loss after
+ECDP) starts from that run's ``stages/stage<k>.pt`` (``init_from``) instead of
+training them again.
 Because the batch and every random number of step ``j`` depend on ``(seed, j)`` only,
 this gives the weights the run would reach alone (tests/test_training.py checks it
-bit for bit on CPU); the paper's "++" and "without L_quality" rows then differ from
+bit for bit on CPU); the paper's "++" and "without the quality loss" rows then differ from
 their base row by the later stages only, as the paper's fine-tunes do.
 """
 from __future__ import annotations
