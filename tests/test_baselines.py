@@ -350,6 +350,7 @@ def test_sr3_full_chain_is_default_and_schedule_is_replaceable():
 
 
 # --- ECDP "without prob. flow" (Table 7) ---------------------------------------------
+@pytest.mark.slow   # > 5 s: CI runs it (.ci/run), the fast suite stays under 3 min
 def test_ecdp_quality_through_reverse_sde_changes_weights(tiny_data):
     cfg = tiny_config(tiny_data, quality={"mode": "only", "sampler": {
         "name": "reverse_sde", "steps": 300, "checkpoint": True, "adjoint": False}})

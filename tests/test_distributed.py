@@ -60,6 +60,7 @@ def test_shards_and_batch_sizes():
         World(0, 2, 0).local_batch(3)
 
 
+@pytest.mark.slow   # > 5 s: CI runs it (.ci/run), the fast suite stays under 3 min
 def test_bf16_autocast_trains_and_starts_close_to_fp32(tiny_data, tmp_path):
     def first_loss(precision, out):
         cfg = tiny_config(tiny_data, **STAGES)

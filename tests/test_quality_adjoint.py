@@ -1,5 +1,6 @@
 """Eq. 19 through the adjoint method: gradients equal direct backprop through the
 solver, and the adjoint's autograd memory does not grow with the number of steps."""
+import pytest
 import torch
 
 from ecdp.memory import SavedTensorMeter
@@ -81,6 +82,7 @@ def peak_saved_bytes(model, lr, hr, adjoint, steps):
     return meter.peak
 
 
+@pytest.mark.slow   # > 5 s: CI runs it (.ci/run), the fast suite stays under 3 min
 def test_adjoint_memory_flat_in_solver_steps(tiny_data):
     model = tiny_model(tiny_data).float()
     g = torch.Generator().manual_seed(2)

@@ -128,6 +128,7 @@ def test_rule_counts_and_benchmarks(tmp_path):
     assert agg["fetch_weights"]["peak_rss_mb"] is None
 
 
+@pytest.mark.slow   # > 5 s: CI runs it (.ci/run), the fast suite stays under 3 min
 def test_dry_run_lists_every_rule_of_the_paper_dag(tmp_path):
     from test_workflow import dry_run
 

@@ -27,7 +27,7 @@ def test_lr_schedule():
     assert lr_factor(3, 0, [3]) == 0.5
 
 
-@pytest.mark.parametrize("kill_at", [6, 11])  # mid-stage (after a checkpoint), and at a stage boundary
+@pytest.mark.parametrize("kill_at", [6, pytest.param(11, marks=pytest.mark.slow)])  # mid-stage; stage boundary (slow)
 def test_resume_after_kill_is_bit_identical(tiny_data, tmp_path, monkeypatch, kill_at):
     cfg = tiny_config(tiny_data, **SHORT)
     ref = ckpt.load(train(cfg, tmp_path / "ref"))["model"]
@@ -129,6 +129,7 @@ def test_shared_prefix_gives_the_weights_of_the_run_alone(tiny_data, tmp_path):
     assert not (tmp_path / "lr" / "final.pt").exists()
 
 
+@pytest.mark.slow   # > 5 s: CI runs it (.ci/run), the fast suite stays under 3 min
 def test_killed_between_the_last_stage_and_final_resumes_to_the_ema_weights(tiny_data, tmp_path, monkeypatch):
     cfg = tiny_config(tiny_data, **SHORT)
     for stage, steps in zip(cfg["train"]["stages"], (2, 3, 1)):

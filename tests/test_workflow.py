@@ -169,6 +169,7 @@ def test_paths_with_spaces_and_shell_characters_are_quoted(tmp_path):
     assert "--root 'data; touch pwned'" in out and "--data 'data; touch pwned/embedded-div2k'" in out
 
 
+@pytest.mark.slow   # > 5 s: CI runs it (.ci/run), the fast suite stays under 3 min
 def test_data_sources_config_reaches_prepare(tmp_path):
     """``data_sources`` (a sources override, null in the paper config) becomes a quoted
     ``--sources`` of every prepare_dataset job."""
