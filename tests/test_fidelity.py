@@ -220,6 +220,7 @@ def test_stage_plans():
         ecdp.stage_plan({"kind": "score", "ema": "sometimes"})
 
 
+@pytest.mark.slow   # > 5 s: CI runs it (.ci/run), the fast suite stays under 3 min
 def test_ema_carries_into_the_quality_stage(tiny_data, tmp_path):
     """With the quality stage's EMA frozen (decay 1), its final EMA is the score stage's EMA
     when carried; restarted, it would be the live weights at the stage start."""

@@ -92,6 +92,7 @@ def _records(path):
             if "step" in r and "event" not in r]
 
 
+@pytest.mark.slow   # > 5 s: CI runs it (.ci/run), the fast suite stays under 3 min
 def test_shared_prefix_gives_the_weights_of_the_run_alone(tiny_data, tmp_path):
     """A run started from another run's state after k stages (--init-from) ends with the
     weights and log records it reaches trained alone, bit for bit on CPU: the workflow's

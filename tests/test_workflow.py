@@ -109,6 +109,7 @@ def test_dry_run_paper_config(tmp_path):
         assert f"results/tables/{t}.tex" in out
 
 
+@pytest.mark.slow   # > 5 s: CI runs it (.ci/run), the fast suite stays under 3 min
 def test_dry_run_one_cell(tmp_path):
     out, counts = dry_run(tmp_path, "results/runs/embedded-div2k/ecdp-hybrid-c1.0/seed0/metrics.csv")
     counts.pop("total", None)
@@ -160,6 +161,7 @@ def test_invalid_config_fails_with_schema_message(tmp_path, mutate, message):
     assert message in res.stdout + res.stderr
 
 
+@pytest.mark.slow   # > 5 s: CI runs it (.ci/run), the fast suite stays under 3 min
 def test_paths_with_spaces_and_shell_characters_are_quoted(tmp_path):
     cfg = yaml.safe_load((ROOT / "config" / "default.yaml").read_text())
     cfg["results"], cfg["data_root"] = "my results", "data; touch pwned"
