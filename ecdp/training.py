@@ -164,15 +164,13 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def check_precision(tcfg: dict, device: torch.device) -> None:
-    """``train.precision`` fp32 | bf16 | fp16 (fp16 needs CUDA: its GradScaler), ``channels_last``, ``compile``."""
+    """``train.precision`` fp32 | bf16 | fp16 (fp16 needs CUDA: its GradScaler); the types of
+    ``channels_last`` / ``compile`` are checked with every key by ``ecdp.config.resolve``."""
     p = tcfg.get("precision", "fp32")
     if p not in PRECISIONS:
         raise ValueError(f"train.precision: must be one of {', '.join(PRECISIONS)}, got {p!r}")
     if p == "fp16" and device.type != "cuda":
         raise ValueError("train.precision: fp16 needs a CUDA device (loss scaling); use bf16 on CPU")
-    for key in ("channels_last", "compile"):
-        if not isinstance(tcfg.get(key, False), bool):
-            raise ValueError(f"train.{key}: must be true or false, got {tcfg.get(key)!r}")
 
 
 class _Losses(torch.nn.Module):
@@ -212,7 +210,7 @@ class Trainer:
         config_mod.check_stages(cfg)   # before any work: steps: -3, stages: [], stpes: ... are errors
         self.world = World.from_env()   # torchrun's ranks, or a world of one
         check_precision(cfg["train"], torch.device(device))
-        for i, st in enumerate(cfg["train"]["stages"]):
+        for st in cfg["train"]["stages"]:   # the global batch must split over the ranks
             self.world.local_batch(int(st["batch"]))
         self.cfg, self.out = cfg, Path(out)
         self.device = self.world.start(device)
