@@ -112,9 +112,65 @@ def load(path: str | Path, map_location="cpu") -> dict:
         raise ValueError(f"{path}: not a loadable ecdp-bench checkpoint ({e.__class__.__name__}{': ' + first if first else ''})") from None
 
 
-def load_method(path: str | Path, device="cpu", sampler: dict | None = None):
+SPEED = {"precision": "fp32", "channels_last": False, "compile": False}
+"""Sampling speed settings (``ecdp sr / evaluate / time --precision --channels-last
+--compile``), the test-time counterparts of ``train.precision / channels_last / compile``.
+fp32 by default: the adaptive solvers' tolerances (dopri5 at 1e-4, eq. 13) are finer than
+bf16's resolution (8 mantissa bits, a relative step of 2^-8 ~ 4e-3), so bf16 sampling
+changes what the tables measure and is only for speed studies."""
+
+
+def add_speed_args(p) -> None:
+    """The ``SPEED`` options of one sampling command."""
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast the network evaluations (default fp32; fp16 needs CUDA)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format for the networks and inputs")
+    p.add_argument("--compile", action="store_true", help="torch.compile each network of the method")
+
+
+def speed_options(args) -> dict:
+    return {"precision": args.precision, "channels_last": bool(args.channels_last), "compile": bool(args.compile)}
+
+
+def configure_inference(method, device, precision: str = "fp32", channels_last: bool = False,
+                        compile: bool = False):
+    """Apply the ``SPEED`` settings to a loaded method, in place: channels_last moves its
+    weights to NHWC (convolutions then keep activations NHWC) and its inputs too, compile
+    compiles each child network (``nn.Module.compile``; lazily, on first use), precision
+    wraps ``super_resolve`` in autocast and returns the image in fp32.  Defaults: nothing
+    changes."""
+    dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision not in dtypes:
+        raise ValueError(f"precision: must be one of {', '.join(dtypes)}, got {precision!r}")
+    device = torch.device(device)
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("precision fp16 needs a CUDA device; use bf16 on CPU")
+    if compile:
+        for child in method.children():
+            if any(True for _ in child.parameters()):
+                child.compile()
+    if channels_last:
+        method.to(memory_format=torch.channels_last)
+    amp = dtypes[precision]
+    if amp is None and not channels_last:
+        return method
+    plain = method.super_resolve
+
+    def super_resolve(lr, *args, **kwargs):
+        if channels_last and lr.dim() == 4:
+            lr = lr.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+            sr, stats = plain(lr, *args, **kwargs)
+        return sr.float(), stats
+
+    method.super_resolve = super_resolve
+    return method
+
+
+def load_method(path: str | Path, device="cpu", sampler: dict | None = None, **speed):
     """(method in eval mode with EMA weights, checkpoint dict) from a final checkpoint.
-    ``sampler``: the user's sampler options, checked by the method before it is built."""
+    ``sampler``: the user's sampler options, checked by the method before it is built;
+    ``speed``: the ``SPEED`` settings (``configure_inference``)."""
     from .registry import build_method, method_class
 
     ck = load(path)
@@ -148,4 +204,4 @@ def load_method(path: str | Path, device="cpu", sampler: dict | None = None):
         n = str(e).count("\n\t") or 1
         raise ValueError(f"{path}: the weights do not match the stored config ({n} key / shape mismatch(es); "
                          f"{str(e).splitlines()[1].strip()[:150] if len(str(e).splitlines()) > 1 else ''})") from None
-    return method.to(device).eval(), ck
+    return configure_inference(method.to(device).eval(), device, **{**SPEED, **speed}), ck

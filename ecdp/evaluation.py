@@ -117,12 +117,14 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, *, split
              limit: int | None = None, sampler: dict | None = None, seed: int = 0, convention: str = "ecdp",
              lpips_net: str | None = "alex", device: str = "cpu", variant: str | None = None,
              profile: str = "custom", crops: int = 3, crop_size: int = 96, weights_dir: str | None = None,
-             progress: bool = True, log=print) -> dict:
-    """Evaluate ``checkpoint`` on ``data``/``split`` into ``out``; returns the summary dict."""
+             progress: bool = True, speed: dict | None = None, log=print) -> dict:
+    """Evaluate ``checkpoint`` on ``data``/``split`` into ``out``; returns the summary dict.
+    ``speed``: ``ecdp.checkpoint.SPEED`` settings (fp32, no channels_last / compile by
+    default); a non-default one is part of the resume fingerprint and the summary."""
     import pandas as pd
     from .progress import bar as tqdm
 
-    from .checkpoint import load_method
+    from .checkpoint import SPEED, load_method
     from .data import PairedImages
     from .imageio import save_image
     from .metrics import get_convention, score
@@ -136,7 +138,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, *, split
     if len(dataset) == 0:
         raise FileNotFoundError(f"{data}/{split} has no images")
     dev = torch.device(device)
-    method, ck = load_method(checkpoint, dev, sampler=sampler)
+    speed = {k: v for k, v in (speed or {}).items() if v != SPEED[k]}
+    method, ck = load_method(checkpoint, dev, sampler=sampler, **speed)
     model_scale = int((ck.get("meta") or {}).get("scale", dataset.scale))
     if model_scale != int(dataset.scale):
         raise ValueError(f"{checkpoint} is a {model_scale}x model but {data} is a {dataset.scale}x dataset")
@@ -144,7 +147,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, *, split
     cfg = ck.get("config", {})
     fingerprint = hashlib.sha256(json.dumps(
         {"checkpoint": ck_sha, "sampler": sampler, "seed": int(seed), "convention": conv, "lpips_net": lpips_net,
-         "dataset": str(dataset.meta.get("name")), "split": split}, sort_keys=True).encode()).hexdigest()[:16]
+         "dataset": str(dataset.meta.get("name")), "split": split, **({"speed": speed} if speed else {})},
+        sort_keys=True).encode()).hexdigest()[:16]
 
     out.mkdir(parents=True, exist_ok=True)
     prog_path = out / "progress.jsonl"
@@ -191,7 +195,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, *, split
 
     df = pd.DataFrame(rows)[METRIC_COLUMNS]
     prov = record(int(seed), dev, checkpoint=str(checkpoint), checkpoint_sha256=ck_sha,
-                  training=ck.get("provenance"))
+                  training=ck.get("provenance"), speed={**SPEED, **speed})
     summary = {
         "method": cfg.get("method", "unknown"),
         "variant": variant or cfg.get("method", "unknown"),
@@ -223,6 +227,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, *, split
 # --------------------------------------------------------------------------- CLI
 
 def add_cli(p):
+    from .checkpoint import add_speed_args
     from .metrics import CONVENTIONS, LPIPS_NETS
 
     p.add_argument("--checkpoint", required=True, help="final.pt written by `ecdp train`")
@@ -242,9 +247,11 @@ def add_cli(p):
     p.add_argument("--crops", type=int, default=3, help="save centre crops of the first N images (0: none)")
     p.add_argument("--crop-size", type=int, default=96, help="side of the crops in HR pixels")
     p.add_argument("--no-progress", action="store_true")
+    add_speed_args(p)
 
 
 def run_cli(args) -> int:
+    from .checkpoint import speed_options
     from .cli import CLIError, sampler_option
     from .imageio import ImageReadError
 
@@ -256,7 +263,7 @@ def run_cli(args) -> int:
                      seed=args.seed, convention=args.convention,
                      lpips_net=None if args.lpips_net == "none" else args.lpips_net, device=args.device,
                      variant=args.variant, profile=args.profile, crops=args.crops, crop_size=args.crop_size,
-                     weights_dir=args.weights_dir, progress=not args.no_progress)
+                     weights_dir=args.weights_dir, progress=not args.no_progress, speed=speed_options(args))
     except (FileNotFoundError, ValueError, ImageReadError) as e:
         raise CLIError(str(e)) from None
     print(f"{s['variant']} on {s['dataset']}: LPIPS {s['lpips']:.4f}  PSNR {s['psnr']:.2f}  SSIM {s['ssim']:.4f}  "

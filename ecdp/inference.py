@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from .progress import bar as tqdm
 
-from .checkpoint import load_method
+from .checkpoint import add_speed_args, load_method, speed_options
 from .imageio import ImageReadError, load_image, save_image
 from .imresize import imresize
 
@@ -38,6 +38,7 @@ def add_cli(p):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--sampler", help="sampler options as JSON, e.g. '{\"atol\": 1e-3}'")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files (never an input)")
+    add_speed_args(p)
 
 
 def output_paths(inputs: list[str], outdir: str | Path, overwrite: bool = False) -> list[Path]:
@@ -74,7 +75,7 @@ def run_cli(args) -> int:
     except (ImageReadError, ValueError) as e:
         raise CLIError(str(e)) from None
     try:
-        method, _ = load_method(args.checkpoint, args.device, sampler=opts)
+        method, _ = load_method(args.checkpoint, args.device, sampler=opts, **speed_options(args))
     except (FileNotFoundError, ValueError) as e:
         raise CLIError(str(e)) from None
     for (path, img, alpha), target in zip(tqdm(images, desc="sr", unit="img"), targets):

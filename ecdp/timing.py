@@ -26,7 +26,7 @@ import torch
 
 TIME_COLUMNS = ["method", "sampler", "sampler_options", "nfe", "seconds_per_image", "seconds_runs", "lr_size",
                 "hr_size", "scale", "batch", "repeats", "warmup", "device", "threads", "seed", "checkpoint",
-                "git_commit", "time_utc"]
+                "git_commit", "time_utc", "precision", "channels_last", "compile"]
 
 
 def _device_of(method: torch.nn.Module) -> torch.device:
@@ -177,6 +177,9 @@ def add_cli(p):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", help="CSV file to write (one header line + one row); printed otherwise")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    from .checkpoint import add_speed_args
+
+    add_speed_args(p)
 
 
 def write_rows(rows: list[dict], path: str | os.PathLike | None, columns: list[str] = TIME_COLUMNS) -> str:
@@ -194,7 +197,7 @@ def write_rows(rows: list[dict], path: str | os.PathLike | None, columns: list[s
 
 
 def run_cli(args) -> int:
-    from .checkpoint import load_method
+    from .checkpoint import load_method, speed_options
     from .cli import CLIError, sampler_option
     from .provenance import record
 
@@ -211,7 +214,7 @@ def run_cli(args) -> int:
         except ValueError as e:
             raise CLIError(f"--out {e}") from None
     try:
-        method, ck = load_method(args.checkpoint, args.device, sampler=opts)
+        method, ck = load_method(args.checkpoint, args.device, sampler=opts, **speed_options(args))
     except (FileNotFoundError, ValueError) as e:
         raise CLIError(str(e)) from None
     if args.image:
@@ -229,7 +232,8 @@ def run_cli(args) -> int:
     except (TypeError, ValueError) as e:  # e.g. an unknown sampler name or option
         raise CLIError(f"sampling failed: {e}") from None
     prov = record(args.seed, args.device)
-    row = {**res, "checkpoint": str(args.checkpoint), "git_commit": prov["git_commit"], "time_utc": prov["time_utc"],
+    row = {**res, **speed_options(args), "checkpoint": str(args.checkpoint), "git_commit": prov["git_commit"],
+           "time_utc": prov["time_utc"],
            "method": (ck.get("config") or {}).get("method", res["method"])}
     text = write_rows([row], args.out)
     if args.out:

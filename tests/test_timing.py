@@ -109,6 +109,8 @@ def test_benchmark_tables(tmp_path):
                 _bench("t32", "training-throughput", 2.0, arch="div2k", mode="fp32", batch=4, hr_crop=64),
                 _bench("t16", "training-throughput", 0.5, arch="div2k", mode="bf16", batch=4, hr_crop=64),
                 _bench("ld", "loader", 0.1, workers=0, batch=16, patch=32, batches_per_s=80.0),
+                _bench("s32", "sampling-modes", 4.0, arch="imagenet", sampler="dpmpp_2m-10", mode="fp32", nfe=10),
+                _bench("scl", "sampling-modes", 1.0, arch="imagenet", sampler="dpmpp_2m-10", mode="bf16", nfe=10),
             ]}
     path = tmp_path / "bench.json"
     path.write_text(json.dumps(data))
@@ -131,5 +133,8 @@ def test_benchmark_tables(tmp_path):
     assert float(tp[("div2k", "fp32")]["images_per_s"]) == pytest.approx(2.0)        # 4 images / 2 s
     assert float(tp[("div2k", "bf16")]["vs_fp32"]) == pytest.approx(4.0)
     assert float(tp[("loader alone", "0 workers")]["images_per_s"]) == pytest.approx(16 * 80.0)
+    sm = {r["mode"]: r for r in csv.DictReader((out / "sampling_modes.csv").open())}
+    assert float(sm["fp32"]["seconds_per_nfe"]) == pytest.approx(0.4)
+    assert float(sm["bf16"]["per_nfe_vs_fp32"]) == pytest.approx(0.25)
     assert report_main([str(path), str(tmp_path / "o2")]) == 0
     assert report_main([str(tmp_path / "missing.json"), str(tmp_path / "o3")]) == 2

@@ -12,7 +12,10 @@ Every ratio is against a row measured in the *same* run on the same machine:
   solver steps; ratios against the same mode at the fewest steps;
 * training_throughput: training images per second of each Table 6 ECDP architecture
   in fp32 / bf16 / bf16 + channels_last / compiled (ratio to the same architecture's
-  fp32 row), and the loader's batches per second alone (``loader`` rows).
+  fp32 row), and the loader's batches per second alone (``loader`` rows);
+* sampling_modes: seconds per image and per NFE of ECDP's probability flow with the
+  ImageNet Table 6 network in fp32 / channels_last / bf16 / compiled (ratio to the same
+  sampler's fp32 row).
 
 The machine (CPU, cores, torch threads, python, commit) comes from the JSON's
 ``machine_info`` / ``commit_info`` and is written above every markdown table.
@@ -133,6 +136,22 @@ def training_throughput_table(data: dict) -> pd.DataFrame:
     return df
 
 
+def sampling_modes_table(data: dict) -> pd.DataFrame:
+    rows = []
+    for r in _rows(data, "sampling-modes"):
+        nfe = r.get("nfe") or math.nan
+        rows.append({"arch": r.get("arch"), "sampler": r.get("sampler"), "mode": r.get("mode"), "nfe": r.get("nfe"),
+                     "seconds_per_image": r["median_s"], "seconds_per_nfe": r["median_s"] / nfe,
+                     "params": r.get("params"), "hr_size": r.get("hr_size"), "weights": r.get("weights"),
+                     "scale": r.get("scale"), "device": r.get("device")})
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    fp32 = df[df["mode"] == "fp32"].set_index("sampler")["seconds_per_nfe"]
+    df["per_nfe_vs_fp32"] = df.apply(lambda r: r["seconds_per_nfe"] / fp32.get(r["sampler"], math.nan), axis=1)
+    return df
+
+
 def quality_memory_table(data: dict) -> pd.DataFrame:
     rows = []
     for r in _rows(data, "quality-memory"):
@@ -199,11 +218,17 @@ NOTES = {
                             "the batch is 1 and the HR crop 64 (`scale` column), not the paper's, and compiled rows "
                             "are skipped: CPU figures show that every mode runs, not GPU throughput. `loader alone` "
                             "rows: the training data loader without a model, to compare with a step."),
+    "sampling_modes": ("Seconds per image of probability flow with the ImageNet Table 6 network (random weights: "
+                       "dopri5's NFE is not a trained model's, so compare seconds per NFE); per_nfe_vs_fp32: ratio "
+                       "to the same sampler's fp32 row, same run. On CPU the image is 16 -> 64 (`scale` column), "
+                       "not Table 3's 64 -> 256, and compiled rows are skipped. bf16 changes the solution (1e-4 "
+                       "tolerances are below its resolution): a speed figure, not a protocol."),
 }
 
 
 def benchmark_tables(json_path: str | Path, out_dir: str | Path) -> list[Path]:
-    """Write ``{sampling,training_step,quality_memory,training_throughput}.{csv,md}`` (+ ``machine.json``)."""
+    """Write ``{sampling,training_step,quality_memory,training_throughput,sampling_modes}.{csv,md}``
+    (+ ``machine.json``)."""
     data = load(json_path)
     machine = machine_summary(data)
     out = Path(out_dir)
@@ -211,7 +236,8 @@ def benchmark_tables(json_path: str | Path, out_dir: str | Path) -> list[Path]:
     tables = {"sampling": (sampling_table(data), "Sampling speed (same run)"),
               "training_step": (training_step_table(data), "Training step"),
               "quality_memory": (quality_memory_table(data), "Image quality loss: adjoint vs direct backprop"),
-              "training_throughput": (training_throughput_table(data), "Training throughput (issue 14)")}
+              "training_throughput": (training_throughput_table(data), "Training throughput (issue 14)"),
+              "sampling_modes": (sampling_modes_table(data), "Sampling precision / memory format / compile")}
     written = []
     for name, (df, title) in tables.items():
         csv_path, md_path = out / f"{name}.csv", out / f"{name}.md"
