@@ -224,6 +224,27 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, *, split
     return summary
 
 
+def write_not_computed(out: str | Path, reason: str, *, variant: str | None = None, dataset: str = "",
+                       seed: int = 0, profile: str = "custom", split: str = "test") -> dict:
+    """The outputs of an evaluation that cannot run because the cell has no model (its
+    training diverged): ``metrics.csv`` with no rows, ``summary.json`` / ``summary.csv``
+    with ``status: not computed`` and the reason, so the report shows the cell empty and
+    says why (docs/ARCHITECTURE.md, "A cell that fails")."""
+    import pandas as pd
+
+    from .provenance import record
+
+    out = Path(out)
+    summary = {"variant": variant or "", "dataset": dataset, "split": split, "profile": profile, "seed": int(seed),
+               "n_images": 0, "status": "not computed", "reason": reason}
+    atomic_write_text(out / "metrics.csv", ",".join(METRIC_COLUMNS) + "\n")
+    atomic_write_text(out / "summary.csv", pd.DataFrame([summary]).reindex(
+        columns=SUMMARY_COLUMNS + ["status", "reason"]).to_csv(index=False))
+    atomic_write_text(out / "summary.json",
+                      json.dumps({**summary, "provenance": record(int(seed))}, indent=2, default=str) + "\n")
+    return summary
+
+
 # --------------------------------------------------------------------------- CLI
 
 def add_cli(p):
@@ -247,6 +268,8 @@ def add_cli(p):
     p.add_argument("--crops", type=int, default=3, help="save centre crops of the first N images (0: none)")
     p.add_argument("--crop-size", type=int, default=96, help="side of the crops in HR pixels")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--outcome", metavar="FILE", help="the training job's outcome.json (`ecdp train --outcome`): "
+                   "if it says the training diverged, write a 'not computed' summary with its reason instead")
     add_speed_args(p)
 
 
@@ -258,6 +281,14 @@ def run_cli(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     sampler = sampler_option(args.sampler)
+    from .training import not_trained_reason
+
+    why = not_trained_reason(args.outcome)
+    if why:
+        write_not_computed(args.out, why, variant=args.variant, dataset=Path(args.data).name, seed=args.seed,
+                           profile=args.profile, split=args.split)
+        print(f"{args.variant or args.checkpoint}: not computed ({why}) -> {args.out}")
+        return 0
     try:
         s = evaluate(args.checkpoint, args.data, args.out, split=args.split, limit=args.limit, sampler=sampler,
                      seed=args.seed, convention=args.convention,

@@ -177,6 +177,8 @@ def add_cli(p):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", help="CSV file to write (one header line + one row); printed otherwise")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--outcome", metavar="FILE", help="the training job's outcome.json: if the training diverged, "
+                   "write --out with no rows (the report says why) instead of timing")
     from .checkpoint import add_speed_args
 
     add_speed_args(p)
@@ -213,6 +215,13 @@ def run_cli(args) -> int:
             check_writable(args.out, args.overwrite)
         except ValueError as e:
             raise CLIError(f"--out {e}") from None
+    from .training import not_trained_reason
+
+    why = not_trained_reason(args.outcome)
+    if why:
+        text = write_rows([], args.out)
+        print(f"{args.checkpoint}: not timed ({why})" + (f" -> {args.out}" if args.out else "\n" + text))
+        return 0
     try:
         method, ck = load_method(args.checkpoint, args.device, sampler=opts, **speed_options(args))
     except (FileNotFoundError, ValueError) as e:

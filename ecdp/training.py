@@ -35,6 +35,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -130,6 +131,41 @@ def clip_gradients(params, clip: dict) -> None:
 
 class TrainingDiverged(ValueError):
     """A non-finite loss or weight: training stops before anything non-finite is saved."""
+
+
+OUTCOME = "outcome.json"
+
+
+def write_outcome(path: str | Path, status: str, reason: str = "", **extra) -> None:
+    """The training job's record for the workflow (``ecdp train --outcome``): ``status``
+    ``trained`` (``final.pt`` beside it) or ``diverged`` (no ``final.pt``; ``reason`` is
+    the one-line error).  Written atomically; every later rule of the cell reads it, so
+    a diverged cell lets the grid finish and says why (docs/ARCHITECTURE.md)."""
+    from .evaluation import atomic_write_text
+
+    atomic_write_text(path, json.dumps({"status": status, "reason": reason, **extra}, indent=2) + "\n")
+
+
+def read_outcome(path: str | Path) -> dict:
+    """``{"status": "trained" | "diverged", "reason": str}``; a missing file (a run
+    trained by hand, without ``--outcome``) is ``trained`` if ``final.pt`` is beside it."""
+    path = Path(path)
+    if not path.exists():
+        trained = (path.parent / "final.pt").exists()
+        return {"status": "trained" if trained else "missing",
+                "reason": "" if trained else f"neither {path} nor {path.parent / 'final.pt'} exists"}
+    rec = json.loads(path.read_text())
+    if rec.get("status") not in ("trained", "diverged"):
+        raise ValueError(f"{path}: unknown training outcome {rec.get('status')!r}")
+    return rec
+
+
+def not_trained_reason(outcome: str | Path | None) -> str | None:
+    """None when the outcome file says trained, else the reason the cell has no model."""
+    if not outcome:
+        return None
+    rec = read_outcome(outcome)
+    return None if rec["status"] == "trained" else (rec.get("reason") or f"training {rec['status']}")
 
 
 def _collate(batch):
@@ -499,6 +535,9 @@ def add_cli(p):
                         "those stages train exactly as this config's")
     p.add_argument("--keep-stages", action="store_true",
                    help="keep the state after each stage in OUT/stages/stage<k>.pt (for --init-from)")
+    p.add_argument("--outcome", metavar="FILE",
+                   help="write FILE (JSON): trained, or diverged with the reason; a diverged run then exits 0 "
+                        "(the workflow's record, so that the other cells finish)")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="train with N data-parallel processes on this machine (torchrun --standalone; one GPU "
                         "each, or gloo on CPU); the stages' batch is the global batch. Under torchrun: not needed")
@@ -520,6 +559,7 @@ def _argv(args) -> list[str]:
     argv = ["--config", args.config, "--out", args.out, "--device", args.device]
     argv += ["--resume"] * bool(args.resume) + ["--keep-stages"] * bool(args.keep_stages)
     argv += ["--init-from", args.init_from] if args.init_from else []
+    argv += ["--outcome", args.outcome] if args.outcome else []
     return argv + (["--set", *args.set] if args.set else [])
 
 
@@ -535,15 +575,34 @@ def run_cli(args) -> int:
             raise CLIError(f"training with {args.nproc} processes failed (exit code {rc}; the failing rank's "
                            "error is above)")
         return 0
+    if args.outcome:
+        Path(args.outcome).unlink(missing_ok=True)   # a stale record never outlives a new attempt
+        base = Path(args.init_from).parent.parent / OUTCOME if args.init_from else None
+        why = not_trained_reason(base) if base is not None and not Path(args.init_from).exists() else None
+        if why:   # the run this one starts from has no model: neither has this one
+            if world.main:
+                write_outcome(args.outcome, "diverged", f"starts from {args.init_from}, whose {why}")
+                print(f"not trained: starts from a run that has no model ({why}); recorded in {args.outcome}")
+            world.stop()
+            return 0
     try:
         cfg = config_mod.load(args.config, config_mod.parse_overrides(args.set))
         torch.manual_seed(int(cfg.get("seed", 0)))  # initial weights, as train()
         trainer = Trainer(cfg, args.out, args.device, init_from=args.init_from, keep_stages=args.keep_stages)
         final = trainer.run(resume=args.resume)
+    except TrainingDiverged as e:
+        if not args.outcome:
+            raise CLIError(f"rank {world.rank} of {world.size}: {e}" if world.size > 1 else str(e)) from None
+        if world.main:
+            write_outcome(args.outcome, "diverged", str(e))
+            print(f"ecdp train: {e} (recorded in {args.outcome})", file=sys.stderr)
+        return 0
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         raise CLIError(f"rank {world.rank} of {world.size}: {e}" if world.size > 1 else str(e)) from None
     finally:
         world.stop()
     if world.main:
+        if args.outcome:
+            write_outcome(args.outcome, "trained", final=str(final))
         print(f"already finished, left as it is: {final}" if trainer.already_finished else f"trained: {final}")
     return 0

@@ -86,7 +86,7 @@ def test_dry_run_default_lists_every_table(tmp_path):
                    "results/samplers/embedded-div2k/ecdp-hybrid-c1.0/per_image_seed0.csv",
                    "results/README.md", "results/run_metadata.json", "results/figures"):
         assert target in out
-    assert "ecdp-paper-but-ode_tolerance/seed0/train/final.pt" not in out
+    assert "ecdp-paper-but-ode_tolerance/seed0/train/outcome.json" not in out
     assert "--device cpu" in out and "gpu=" not in out
 
 
@@ -116,7 +116,7 @@ def test_dry_run_one_cell(tmp_path):
     assert counts == {"evaluate": 1, "fetch_weights": 1, "prepare_embedded": 1, "train": 1}
     # a cell that shares its training: the job of the owning cell is the one that runs
     out, counts = dry_run(tmp_path, "results/runs/embedded-div2k/ecdp-paper-but-ode_tolerance/seed0/metrics.csv")
-    assert counts["train"] == 1 and "ecdp-hybrid-c1.0/seed0/train/final.pt" in out
+    assert counts["train"] == 1 and "ecdp-hybrid-c1.0/seed0/train/outcome.json" in out
     assert '"atol": 0.001' in out
 
 
@@ -276,6 +276,13 @@ def tiny_run(tmp_path_factory, weights_dir):
                                            {"name": "regress", "kind": "regress", "steps": 2, "batch": 2, "lr": 1e-3}]}}}
     cfg["variants"]["l1net"] = {"method": "l1net", "label": "L1 regression (example)"}
     cfg["studies"]["table1"]["variants"].append("l1net")
+    # a cell whose training diverges (Adam at lr 1e38: non-finite weights within two steps):
+    # the grid must still finish, the cell empty with the reason (issue 12)
+    cfg["variants"]["sr3-diverges"] = {"method": "sr3", "label": "SR3 (diverges)", "set": {"train": {"stages": [
+        {"name": "score", "kind": "score", "steps": 3, "batch": 2, "lr": 1e38}]}}}
+    cfg["studies"]["table1"]["variants"].append("sr3-diverges")
+    cfg["claims"].append({"id": "vs-diverged", "paper": "Table 1", "text": "ECDP below a diverged SR3",
+                          "dataset": "div2k", "a": "ecdp-hybrid-c1.0", "b": "sr3-diverges", "metric": "lpips"})
     for attempt in range(2):   # should the interrupt still come after the run is done: try once more
         if attempt:
             work = tmp_path_factory.mktemp("workflow")
@@ -302,7 +309,8 @@ def tiny_run(tmp_path_factory, weights_dir):
     killed_log = log.read_text()
     # the training jobs Snakemake saw finish before the interrupt (a final.pt written by a
     # job that was interrupted before Snakemake registered it is rightly recomputed)
-    done = [work / p for p in finished_outputs(killed_log, "train") if p.endswith("final.pt")]
+    done = [(work / p).parent / "final.pt" for p in finished_outputs(killed_log, "train")
+            if p.endswith("outcome.json")]
     mtimes = {str(p): os.stat(p).st_mtime_ns for p in done}
     finished_first = re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", killed_log)
     second = subprocess.run(args, capture_output=True, text=True, cwd=work, timeout=1500, env=env)
@@ -331,8 +339,19 @@ def test_end_to_end_tables_figures_metadata(tiny_run):
         assert (results / "figures" / fig).stat().st_size > 0, fig
     meta = json.loads((results / "run_metadata.json").read_text())
     assert meta["profile"] == "test" and meta["wall_time_s"] > 0 and meta["benchmarks"]["jobs"] >= 8
-    assert all(c["seeds_done"] == 1 for c in meta["cells"])
+    assert all(c["seeds_done"] == 1 for c in meta["cells"] if c["variant"] != "sr3-diverges")
     assert "tables/table5.md" in (results / "README.md").read_text()
+    # the diverged cell: the grid finished, its row is empty and says why, its claim is inconclusive
+    bad = t1[t1["variant"] == "sr3-diverges"].iloc[0]
+    assert pd.isna(bad["ours_lpips"]) and bad["note"].startswith("not computed: seed 0: training diverged at step")
+    outcome = json.loads((results / "runs/embedded-div2k/sr3-diverges/seed0/train/outcome.json").read_text())
+    assert outcome["status"] == "diverged" and "non-finite" in outcome["reason"]
+    assert not (results / "runs/embedded-div2k/sr3-diverges/seed0/train/final.pt").exists()
+    claim = pd.read_csv(results / "tables" / "claims.csv").set_index("id").loc["vs-diverged"]
+    assert claim["verdict"] == "inconclusive" and "SR3 (diverges) not computed: seed 0: training diverged" in claim["note"]
+    cell = next(c for c in meta["cells"] if c["variant"] == "sr3-diverges")
+    assert cell["seeds_done"] == 0 and cell["not_computed"].startswith("seed 0: training diverged")
+    assert outcome["reason"] in (results / "README.md").read_text()
     # the shared cell was evaluated with its own sampler on the owner's checkpoint, never trained
     shared = results / "runs/embedded-div2k/ecdp-paper-but-ode_tolerance/seed0"
     assert (shared / "metrics.csv").exists() and not (shared / "train").exists()
@@ -357,7 +376,7 @@ def test_killed_run_resumes_without_redoing_finished_jobs(tiny_run):
     # nothing half-written anywhere
     assert not list((work / "results").rglob("*.part"))
     for csv in (work / "results").rglob("metrics.csv"):
-        assert len(pd.read_csv(csv)) == 1
+        assert len(pd.read_csv(csv)) == (0 if "sr3-diverges" in str(csv) else 1)
     from ecdp.checkpoint import load_method
 
     for ck in (work / "results").rglob("final.pt"):

@@ -255,7 +255,12 @@ def test_claims(results: str | Path, claims: list[dict], ctx, timing: pd.DataFra
                            interval=f"bootstrap over timing repeats ({len(ta)} vs {len(tb)})")
                 row["verdict"] = verdict(lo, hi, "seconds", test, margin)
             else:
-                notes.append(f"no timing for {a if not len(ta) else b}")
+                v = a if not len(ta) else b
+                why = getattr(ctx, "failed", {}).get((ds, v))
+                notes.append(f"no timing for {v}" + (f" (not computed: {why})" if why else ""))
+        elif any((ds, v) in getattr(ctx, "failed", {}) for v in (a, b)):
+            # a cell with seeds that have no result: fewer pairs would no longer be the paired design
+            notes += [f"{ctx.label(v)} not computed: {ctx.failed[ds, v]}" for v in (a, b) if (ds, v) in ctx.failed]
         else:
             da, db = per_image(results, ds, a), per_image(results, ds, b)
             if da.empty or db.empty or m not in da or m not in db:

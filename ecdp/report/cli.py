@@ -34,6 +34,7 @@ def collect_samplers(results: str | Path) -> list[tuple[str, pd.DataFrame]]:
             df = pd.read_csv(p)
         except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
             continue
+        df.attrs["cell"] = (p.parent.parent.name, p.parent.name)
         out.append((f"{p.parent.parent.name}-{p.parent.name}-{p.stem}", df))
     return out
 
@@ -107,7 +108,9 @@ def run_metadata(results: Path, runs: pd.DataFrame, timing: pd.DataFrame, ctx, b
     if grid is not None:
         done = set(zip(runs["dataset"], runs["variant"], runs["seed"].astype(int))) if not runs.empty else set()
         meta["cells"] = [{**row, "seeds_done": sum((row["dataset"], row["variant"], s) in done
-                                                   for s in grid.cell(row["dataset"], row["variant"]).seeds)}
+                                                   for s in grid.cell(row["dataset"], row["variant"]).seeds),
+                          **({"not_computed": ctx.failed[row["dataset"], row["variant"]]}
+                             if (row["dataset"], row["variant"]) in ctx.failed else {})}
                          for row in grid.summary()]
     return meta
 
@@ -179,7 +182,7 @@ def readme(results: Path, tables: dict, figures: list[Path], meta: dict, runs: p
         if pending:
             lines += ["", "## Planned cells without results", ""]
             lines += [f"- {c['dataset']}/{c['variant']} ({c['studies']}): {c['seeds_done']}/{c['seeds']} seeds"
-                      for c in pending]
+                      + (f"; not computed: {c['not_computed']}" if c.get("not_computed") else "") for c in pending]
     return "\n".join(lines) + "\n"
 
 
@@ -206,6 +209,7 @@ def report(results: str | Path = "results", out: str | Path | None = None, workf
     timing = tables_mod.collect_timing(results)
     samplers = collect_samplers(results)
 
+    ctx.failed = tables_mod.collect_failures(results)
     conv = claims_mod.convergence(runs)
     ctx.convergence = claims_mod.convergence_summary(conv)
     tables = tables_mod.build_tables(runs, timing, ctx)

@@ -367,6 +367,12 @@ class Grid:
         owner = self.cells[(cell.dataset, cell.trained_as)]
         return f"{self.run_dir(results, owner, seed)}/train/final.pt"
 
+    def outcome(self, results: str, cell: Cell, seed: int) -> str:
+        """The training job's record (``ecdp train --outcome``): the output of the train
+        rule and the input of every rule that uses the model (``final.pt`` exists only
+        when it says trained)."""
+        return str(Path(self.checkpoint(results, cell, seed)).parent / "outcome.json")
+
     def training_seeds(self, cell: Cell) -> list[int]:
         """The seeds the training job of ``cell`` runs: those of every cell sharing it,
         and of every training job that starts from its stage states."""
@@ -421,7 +427,7 @@ def clean_stale_training(run_yaml: str | Path, out_dir: str | Path, log=print) -
         have = None
     if have == want:
         return False
-    for name in ("checkpoint.pt", "log.jsonl", "val.jsonl", "final.pt"):
+    for name in ("checkpoint.pt", "log.jsonl", "val.jsonl", "final.pt", "outcome.json"):
         (out_dir / name).unlink(missing_ok=True)
     for state in (out_dir / "stages").glob("stage*.pt"):
         state.unlink()

@@ -87,12 +87,15 @@ def _num(x):
 
 
 def collect_runs(results: str | Path) -> pd.DataFrame:
-    """Every ``runs/<dataset>/<variant>/seed<N>/summary.json`` under ``results``, one row each."""
+    """Every ``runs/<dataset>/<variant>/seed<N>/summary.json`` under ``results``, one row
+    each; summaries of cells that were not computed are :func:`collect_failures`'."""
     rows = []
     for p in sorted(Path(results).glob("runs/*/*/seed*/summary.json")):
         try:
             s = json.loads(p.read_text())
         except (OSError, json.JSONDecodeError):
+            continue
+        if s.get("status", "computed") != "computed":
             continue
         s["hardware"] = (s.pop("provenance", None) or {}).get("hardware")   # run_metadata.json lists them
         s["dataset"] = p.parent.parent.parent.name   # the folder names are the truth for the grid
@@ -100,6 +103,22 @@ def collect_runs(results: str | Path) -> pd.DataFrame:
         s["run_dir"] = str(p.parent)
         rows.append(s)
     return pd.DataFrame(rows)
+
+
+def collect_failures(results: str | Path) -> dict[tuple[str, str], str]:
+    """(dataset, variant) -> why some of its seeds have no result ("seed 1: training
+    diverged: ..."), from the summaries ``ecdp evaluate --outcome`` wrote for cells whose
+    training has no model (``ecdp.evaluation.write_not_computed``)."""
+    out: dict[tuple[str, str], list[str]] = {}
+    for p in sorted(Path(results).glob("runs/*/*/seed*/summary.json")):
+        try:
+            s = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if s.get("status", "computed") != "computed":
+            key = (p.parent.parent.parent.name, p.parent.parent.name)
+            out.setdefault(key, []).append(f"{p.parent.name.replace('seed', 'seed ')}: {s.get('reason') or s['status']}")
+    return {k: "; ".join(v) for k, v in out.items()}
 
 
 def collect_timing(results: str | Path) -> pd.DataFrame:
@@ -172,6 +191,7 @@ class Context:
     labels: dict = field(default_factory=dict)          # variant -> display label
     study_variants: dict = field(default_factory=dict)  # study -> its variants, in config order
     convergence: dict = field(default_factory=dict)     # (dataset, variant) -> ecdp.report.claims.convergence_summary
+    failed: dict = field(default_factory=dict)          # (dataset, variant) -> why seeds have no result (collect_failures)
 
     @staticmethod
     def _variant_info(variants: dict) -> tuple[dict, dict]:
@@ -230,6 +250,8 @@ class Context:
         return self.dataset(self.study_datasets.get(table, TABLES[table]["dataset"]))
 
     def missing_reason(self, study: str, dataset: str, variant: str) -> str:
+        if (dataset, variant) in self.failed:
+            return f"not computed: {self.failed[dataset, variant]}"
         if self.known_grid and (dataset, variant) not in self.planned.get(study, set()):
             return "not in this profile"
         if self.known_grid:
@@ -322,6 +344,8 @@ def quality_table(name: str, paper: pd.DataFrame, agg: pd.DataFrame, ctx: Contex
             note = ctx.missing_reason(name, ds, variant)
         else:
             note = "" if r is not None else "not in the paper"
+            if (ds, variant) in ctx.failed:   # some seeds computed, others not: the mean is over fewer seeds
+                note = "; ".join(filter(None, [note, f"not computed: {ctx.failed[ds, variant]}"]))
         for m, *_ in METRICS:
             row[f"ours_{m}"] = ours[m] if ours else math.nan
             row[f"ours_{m}_std"] = ours[f"{m}_std"] if ours else math.nan
@@ -564,6 +588,11 @@ def sampler_table(study: pd.DataFrame, ctx: Context, name: str = "samplers", sou
     idx = list(range(len(rows)))
     n = _num(rows[0].get("n_images")) if rows else math.nan
     n = "?" if math.isnan(n) else int(n)
+    cell = study.attrs.get("cell")
+    if not rows and cell in ctx.failed:
+        extra = f" {source}: not computed: {ctx.failed[cell]}."
+        return Table(name, _caption("Quality against cost of ECDP's samplers on one trained model", ctx, None, "",
+                                    extra), columns, rows, display, [], {}, formats)
     extra = (f" {source}: {n} test image(s), the same x(T) for every sampler; seconds on "
              f"{rows[0]['device'] if rows else '?'}. Reference: the first row. Solver error: RMSE, in 8-bit levels, "
              "of each sampler's (unquantized) image against the accurate row's, the ODE's solution for the same "

@@ -20,9 +20,9 @@ def report_inputs(wildcards):
     if config.get("benchmark_json") and Path(config["benchmark_json"]).exists():
         inputs["benchmark"] = config["benchmark_json"]   # pytest-benchmark JSON -> results/benchmarks/
     fig8 = config["studies"].get("figure8")
-    if fig8:  # val.jsonl lives beside these checkpoints
+    if fig8:  # val.jsonl lives beside these training records
         ds = GRID.dataset_name(fig8["dataset"])
-        inputs["figure8"] = [GRID.checkpoint(RESULTS, GRID.cell(ds, v), s) for v in fig8["variants"]
+        inputs["figure8"] = [GRID.outcome(RESULTS, GRID.cell(ds, v), s) for v in fig8["variants"]
                              for s in GRID.study_seeds("figure8")]
     return inputs
 

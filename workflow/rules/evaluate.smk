@@ -8,7 +8,7 @@ def eval_inputs(wildcards):
         cell = GRID.cell(wildcards.dataset, wildcards.variant)
     except KeyError as e:
         raise WorkflowError(str(e))
-    return {"model": GRID.checkpoint(RESULTS, cell, int(wildcards.seed)),
+    return {"outcome": GRID.outcome(RESULTS, cell, int(wildcards.seed)),
             "data": f"{DATA}/{cell.dataset}/.complete", "weights": WEIGHTS_OK}
 
 
@@ -46,6 +46,7 @@ rule evaluate:
     params:
         device=DEVICE,
         settings=lambda wc: shlex.quote(json.dumps(eval_settings(wc), sort_keys=True)),
+        model=lambda wc: GRID.checkpoint(RESULTS, GRID.cell(wc.dataset, wc.variant), int(wc.seed)),
         data=lambda wc: f"{DATA}/{wc.dataset}",
         out=lambda wc, output: str(Path(output.metrics).parent),
         sampler=lambda wc: shlex.quote(json.dumps(eval_settings(wc)["sampler"])),
@@ -59,7 +60,7 @@ rule evaluate:
     shell:
         """
         printf '%s\\n' {params.settings} > {output.settings:q}
-        OMP_NUM_THREADS={threads} python -m ecdp.cli evaluate --checkpoint {input.model:q} \
+        OMP_NUM_THREADS={threads} python -m ecdp.cli evaluate --checkpoint {params.model:q} --outcome {input.outcome:q} \
             --data {params.data:q} --split {params.split:q} {params.limit} --sampler {params.sampler} \
             --seed {wildcards.seed} --out {params.out:q} --convention {params.convention:q} \
             --lpips-net {params.lpips_net:q} --device {params.device:q} --threads {threads} \

@@ -19,6 +19,11 @@ def table3_checkpoints(wildcards=None):
     return {v: GRID.checkpoint(RESULTS, GRID.cell(ds, v), SEEDS[0]) for v in T3["variants"]}
 
 
+def table3_outcomes(wildcards=None):
+    ds = GRID.dataset_name(T3["dataset"])
+    return {v: GRID.outcome(RESULTS, GRID.cell(ds, v), SEEDS[0]) for v in T3["variants"]}
+
+
 def table3_command(wildcards, threads):
     ds = GRID.dataset_name(T3["dataset"])
     cmds = []
@@ -28,6 +33,7 @@ def table3_command(wildcards, threads):
         sampler = f"--sampler {shlex.quote(json.dumps(cell.eval_sampler))}" if cell.eval_sampler else ""
         q = shlex.quote
         cmds.append(f"echo {q('== ' + v)} && OMP_NUM_THREADS={threads} python -m ecdp.cli time --checkpoint {q(ck)} "
+                    f"--outcome {q(table3_outcomes()[v])} "
                     f"--size {size} {sampler} --repeats {int(T3.get('repeats', 3))} --warmup {int(T3.get('warmup', 1))} "
                     f"--seed {SEEDS[0]} --device {q(DEVICE)} --out {q(f'{RESULTS}/timing/{ds}/{v}.csv')}")
     return " && ".join(cmds)
@@ -51,7 +57,7 @@ if T3:
     rule time_table3:
         """Table 3: `ecdp time` of each method's seed-0 checkpoint at 256x256 HR, one device, warm-up."""
         input:
-            **table3_checkpoints(),
+            **table3_outcomes(),
         output:
             table3_outputs(),
         log:
@@ -74,7 +80,7 @@ if SAM:
     rule sampler_study:
         """LPIPS / PSNR / SSIM against NFE and seconds per image for several samplers of one model."""
         input:
-            model=lambda wc: GRID.checkpoint(RESULTS, GRID.cell(wc.dataset, wc.variant), int(wc.seed)),
+            outcome=lambda wc: GRID.outcome(RESULTS, GRID.cell(wc.dataset, wc.variant), int(wc.seed)),
             data=lambda wc: f"{DATA}/{wc.dataset}/.complete",
             weights=WEIGHTS_OK,
         output:
@@ -90,6 +96,7 @@ if SAM:
         conda:
             ENV
         params:
+            model=lambda wc: GRID.checkpoint(RESULTS, GRID.cell(wc.dataset, wc.variant), int(wc.seed)),
             samplers=SAM["samplers"],
             limit=SAM.get("limit"),
             lr_crop=SAM.get("lr_crop"),

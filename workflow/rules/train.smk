@@ -9,6 +9,11 @@
 # the stages' batch is the global batch).  The run config (base + overrides, resolved)
 # is written to RUN/run.yaml; `ecdp train --resume` continues a killed job from its
 # last atomic checkpoint (Snakemake reruns the incomplete job, the trainer resumes).
+# The rule's output is RUN/train/outcome.json (`ecdp train --outcome`): "trained" with
+# final.pt beside it, or "diverged" with the reason (non-finite loss or weights; a job
+# starting from a diverged one's stages is not trained either).  A diverged job ends
+# with success so that the rest of the grid finishes; evaluate / time / the sampler
+# study read the outcome and write "not computed" results that say why.
 
 
 def run_config_json(wildcards):
@@ -20,7 +25,7 @@ def run_config_json(wildcards):
     if cell.shares_training:
         raise WorkflowError(f"{wildcards.dataset}/{wildcards.variant} shares the training job of "
                             f"{cell.trained_as}; ask for {RESULTS}/runs/{cell.dataset}/{cell.trained_as}/"
-                            f"seed{wildcards.seed}/train/final.pt instead")
+                            f"seed{wildcards.seed}/train/outcome.json instead")
     if int(wildcards.seed) not in GRID.training_seeds(cell):
         raise WorkflowError(f"seed {wildcards.seed} is not among the seeds of {cell.dataset}/{cell.variant}: "
                             f"{GRID.training_seeds(cell)} (config seeds {SEEDS}, studies.*.seeds)")
@@ -32,7 +37,7 @@ def training_inputs(wildcards):
     out = {"data": f"{DATA}/{cell.dataset}/.complete", "weights": WEIGHTS_OK}
     if cell.init_from:
         base = GRID.cell(cell.dataset, cell.init_from[0])
-        out["base"] = f"{GRID.run_dir(RESULTS, base, int(wildcards.seed))}/train/final.pt"
+        out["base"] = GRID.outcome(RESULTS, base, int(wildcards.seed))
     return out
 
 
@@ -55,7 +60,7 @@ rule train:
     input:
         unpack(training_inputs),
     output:
-        model=f"{RESULTS}/runs/{{dataset}}/{{variant}}/seed{{seed}}/train/final.pt",
+        outcome=f"{RESULTS}/runs/{{dataset}}/{{variant}}/seed{{seed}}/train/outcome.json",
         config=f"{RESULTS}/runs/{{dataset}}/{{variant}}/seed{{seed}}/run.yaml",
     log:
         f"{RESULTS}/logs/train/{{dataset}}/{{variant}}/seed{{seed}}.log",
@@ -70,11 +75,11 @@ rule train:
         device=DEVICE,
         cfg=run_config_json,
         stages=stage_args,
-        out=lambda wc, output: str(Path(output.model).parent),
+        out=lambda wc, output: str(Path(output.outcome).parent),
     shell:
         """
         printf '%s\\n' {params.cfg} > {output.config:q}
         python -m ecdp.report.grid clean-stale {output.config:q} {params.out:q} > {log:q} 2>&1
         OMP_NUM_THREADS={threads} python -m ecdp.cli train --config {output.config:q} --out {params.out:q} \
-            --resume --device {params.device:q} {params.stages} >> {log:q} 2>&1
+            --resume --device {params.device:q} {params.stages} --outcome {output.outcome:q} >> {log:q} 2>&1
         """
