@@ -221,7 +221,7 @@ NOTES = {
     "sampling_modes": ("Seconds per image of probability flow with the ImageNet Table 6 network (random weights: "
                        "dopri5's NFE is not a trained model's, so compare seconds per NFE); per_nfe_vs_fp32: ratio "
                        "to the same sampler's fp32 row, same run. On CPU the image is 16 -> 64 (`scale` column), "
-                       "not Table 3's 64 -> 256, and compiled rows are skipped. bf16 changes the solution (1e-4 "
+                       "not Table 3's 64 -> 256, and compiled and dopri5 rows are skipped. bf16 changes the solution (1e-4 "
                        "tolerances are below its resolution): a speed figure, not a protocol."),
 }
 
