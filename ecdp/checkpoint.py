@@ -169,7 +169,8 @@ def configure_inference(method, device, precision: str = "fp32", channels_last: 
 
 def load_method(path: str | Path, device="cpu", sampler: dict | None = None, **speed):
     """(method in eval mode with EMA weights, checkpoint dict) from a final checkpoint.
-    ``sampler``: the user's sampler options, checked by the method before it is built;
+    ``sampler``: the user's sampler options, checked by the method before it is built (a
+    ``{"preset": NAME}`` is replaced in place by the method's ``SAMPLER_PRESETS[NAME]``);
     ``speed``: the ``SPEED`` settings (``configure_inference``)."""
     from .registry import build_method, method_class
 
@@ -178,6 +179,12 @@ def load_method(path: str | Path, device="cpu", sampler: dict | None = None, **s
         fmt = ck.get("format") if isinstance(ck, dict) else type(ck).__name__
         raise ValueError(f"{path}: not an ecdp-bench model checkpoint (format {fmt!r})")
     cls = method_class(ck["config"].get("method", "ecdp"))
+    if sampler is not None and "preset" in sampler:   # a named preset: expanded in place for the caller
+        from .method import expand_sampler_preset
+
+        expanded = expand_sampler_preset(cls, sampler)
+        sampler.clear()
+        sampler.update(expanded)
     check = getattr(cls, "check_sampler", None)
     if check and sampler is not None:
         check(ck["config"], sampler)

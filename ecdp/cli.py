@@ -27,11 +27,16 @@ class CLIError(Exception):
 
 def sampler_option(text: str | None) -> dict:
     """The ``--sampler`` option of ``ecdp sr / evaluate / time``: a JSON object of sampler
-    options (``{"name": "dpmpp_2m", "steps": 10}``, ``{"atol": 1e-3}``), or {} if absent."""
+    options (``{"name": "dpmpp_2m", "steps": 10}``, ``{"atol": 1e-3}``), a preset name of
+    the method (``fast``: ``Method.SAMPLER_PRESETS``), or {} if absent."""
     import json
+
+    import re
 
     if not text:
         return {}
+    if re.fullmatch(r"[A-Za-z][\w-]*", text):   # a preset name of the checkpoint's method (``fast``)
+        return {"preset": text}
     try:
         opts = json.loads(text)
     except json.JSONDecodeError as e:

@@ -72,6 +72,11 @@ class Method(nn.Module):
     #: workflow trains that prefix once (:func:`ecdp.training.shared_stages`).
     STAGE_SECTIONS: ClassVar[dict[str, tuple[str, ...]]] = {}
 
+    #: Named sampler settings a user can give instead of options (``ecdp sr --sampler
+    #: fast``): name -> the options of :meth:`super_resolve`; each says in a comment the
+    #: measurement it was chosen by.  Expanded by :func:`expand_sampler_preset`.
+    SAMPLER_PRESETS: ClassVar[dict[str, dict]] = {}
+
     def __init__(self, cfg: dict, meta: dict):
         super().__init__()
         self.cfg, self.meta = cfg, meta
@@ -133,3 +138,19 @@ class Method(nn.Module):
     def parameter_count(self) -> int:
         """Parameters the tables report (default: all)."""
         return sum(p.numel() for p in self.parameters())
+
+
+def expand_sampler_preset(cls, options: dict) -> dict:
+    """``{"preset": NAME, **more}`` -> the class's ``SAMPLER_PRESETS[NAME]`` updated with
+    ``more``; options without a preset are returned as they are.  ``ValueError`` (one
+    line, the known names) for an unknown name."""
+    if "preset" not in options:
+        return dict(options)
+    rest = {k: v for k, v in options.items() if k != "preset"}
+    presets = getattr(cls, "SAMPLER_PRESETS", {}) or {}
+    name = options["preset"]
+    if name not in presets:
+        known = ", ".join(sorted(presets)) or "none"
+        raise ValueError(f"--sampler {name}: not a sampler preset of {cls.__name__} (presets: {known}); "
+                         "or give options as JSON, e.g. '{\"name\": \"dpmpp_2m\", \"steps\": 10}'")
+    return {**presets[name], **rest}

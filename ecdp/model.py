@@ -143,6 +143,13 @@ class ECDP(Method):
     PROTOCOLS = PROTOCOLS
     STAGE_KINDS = ("pretrain", "score", "quality")
     STAGE_SECTIONS = {"quality": ("quality",)}
+    #: ``ecdp sr / evaluate / time --sampler NAME``.  ``paper``: eq. 13 with dopri5 at
+    #: atol = rtol = 1e-4 (the tables' sampler).  ``fast``: the fewest-NFE sampler of the
+    #: committed sampler study (results/tables/samplers.md, ECDP hybrid c = 1.0, seed 0,
+    #: embedded-div2k) whose LPIPS is within 0.002 of dopri5-1e-4's, the study's LPIPS
+    #: target (no sampler at <= 1/4 of dopri5's NFE met its solver-error target).
+    SAMPLER_PRESETS = {"paper": {"name": "ode", "method": "dopri5", "atol": 1e-4, "rtol": 1e-4},
+                       "fast": {"name": "dpmpp_2m", "steps": 10, "grid": "edm"}}
     STAGE_KEYS = ("encoder_lr",)
     #: keys without a default here: the architecture's (``model.arch: custom`` gives them)
     #: and the protocols' (``sde.sigma`` is "empirical" or a number)

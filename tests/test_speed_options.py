@@ -102,3 +102,19 @@ def test_compile_same_image(tiny_ckpt):
     _, ref, _ = _sr(tiny_ckpt)
     _, sr, stats = _sr(tiny_ckpt, compile=True)
     assert stats["nfe"] == 3 and torch.allclose(sr, ref, atol=1e-4, rtol=0)
+
+
+def test_sampler_presets(tiny_ckpt, tmp_path, capsys):
+    """`--sampler fast` / `paper`: ECDP's named presets (ecdp.model.ECDP.SAMPLER_PRESETS)."""
+    from ecdp.model import ECDP as cls
+
+    out = tmp_path / "fast.csv"
+    assert main(["time", "--checkpoint", str(tiny_ckpt), "--size", "4", "--repeats", "1", "--warmup", "0",
+                 "--device", "cpu", "--sampler", "fast", "--out", str(out)]) == 0
+    row = next(csv.DictReader(out.open()))
+    fast = cls.SAMPLER_PRESETS["fast"]
+    assert json.loads(row["sampler_options"]) == fast and int(row["nfe"]) == fast["steps"]
+    assert cls.SAMPLER_PRESETS["paper"] == {"name": "ode", "method": "dopri5", "atol": 1e-4, "rtol": 1e-4}
+    rc = main(["time", "--checkpoint", str(tiny_ckpt), "--size", "4", "--sampler", "quick"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "not a sampler preset of ECDP (presets: fast, paper)" in err[0]
