@@ -11,7 +11,7 @@ VGG weights), train (`ecdp train`, one job per distinct training config), evalua
 sampler study), aggregate (`ecdp report`: tables, figures, README, run metadata).
 
 The grid (which datasets x variants x seeds, which cells share a training job) is
-built by ecdp/report/grid.py from the config; `ecdp report` reads the same grid.
+built by ecdp/grid.py from the config; `ecdp report` reads the same grid.
 """
 import json
 import os
@@ -36,7 +36,7 @@ if not workflow.overwrite_configfiles:
 
 validate(config, schema=str(REPO / "config" / "schema.yaml"))
 
-from ecdp.report.grid import Grid  # noqa: E402
+from ecdp.grid import Grid  # noqa: E402
 
 try:
     GRID = Grid(config, REPO)

@@ -16,7 +16,7 @@ import yaml
 from ecdp import config as config_mod
 from ecdp.model import DISCREPANCIES
 from ecdp.report import cli as report_cli
-from ecdp.report import grid as G
+from ecdp import grid as G
 from ecdp.report import tables as T
 
 ROOT = Path(__file__).resolve().parent.parent

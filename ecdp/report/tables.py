@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .grid import MAIN_ECDP, OFFICIAL, TOGGLE_PREFIX
+from ..grid import MAIN_ECDP, OFFICIAL, TOGGLE_PREFIX
 
 PAPER_CSV = Path(__file__).with_name("paper_results.csv")
 
@@ -145,7 +145,7 @@ def _shipped_variants() -> dict:
     checkout): labels and paper rows of a results folder that has no workflow config."""
     import yaml
 
-    from .grid import REPO_ROOT
+    from ..grid import REPO_ROOT
 
     path = REPO_ROOT / "config" / "default.yaml"
     try:

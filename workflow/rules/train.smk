@@ -1,6 +1,6 @@
 # Stage 3: training, one job per *distinct* training config.  Cells whose run configs
 # differ only in what does not change the weights (test-time sampler, validation,
-# logging) share the job of the first such cell (ecdp/report/grid.py: trained_as); the
+# logging) share the job of the first such cell (ecdp/grid.py: trained_as); the
 # training rule refuses the other cells.  A job whose first stages train exactly as an
 # earlier job's (SR3++ after SR3, ECDP without L_quality after ECDP: grid.py init_from)
 # waits for that job and starts from its stage state (`--init-from`; the earlier job
@@ -74,7 +74,7 @@ rule train:
     shell:
         """
         printf '%s\\n' {params.cfg} > {output.config:q}
-        python -m ecdp.report.grid clean-stale {output.config:q} {params.out:q} > {log:q} 2>&1
+        python -m ecdp.grid clean-stale {output.config:q} {params.out:q} > {log:q} 2>&1
         OMP_NUM_THREADS={threads} python -m ecdp.cli train --config {output.config:q} --out {params.out:q} \
             --resume --device {params.device:q} {params.stages} >> {log:q} 2>&1
         """
