@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from ecdp.cli import main
-from ecdp.testing import tiny_config
+from helpers import tiny_config
 
 
 def _stage(**kw):

@@ -300,7 +300,7 @@ def test_grid_errors():
 def test_clean_stale_training(tmp_path, tiny_data):
     from ecdp import checkpoint as ckpt
 
-    from ecdp.testing import tiny_config
+    from helpers import tiny_config
 
     cfg = tiny_config(tiny_data)
     run = tmp_path / "run.yaml"

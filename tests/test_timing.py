@@ -13,7 +13,7 @@ from ecdp.model import ECDP
 from ecdp.sampler_study import sampler_study, summarize_sampler_study
 from ecdp.timing import photo_lr, time_sampler
 
-from ecdp.testing import tiny_config
+from helpers import tiny_config
 
 
 @pytest.fixture(scope="module")
