@@ -11,45 +11,6 @@
 # last atomic checkpoint (Snakemake reruns the incomplete job, the trainer resumes).
 
 
-def run_config_json(wildcards):
-    """The cell's resolved run config as one shell-quoted JSON line (YAML is a JSON superset)."""
-    try:
-        cell = GRID.cell(wildcards.dataset, wildcards.variant)
-    except KeyError as e:
-        raise WorkflowError(str(e))
-    if cell.shares_training:
-        raise WorkflowError(f"{wildcards.dataset}/{wildcards.variant} shares the training job of "
-                            f"{cell.trained_as}; ask for {RESULTS}/runs/{cell.dataset}/{cell.trained_as}/"
-                            f"seed{wildcards.seed}/train/final.pt instead")
-    if int(wildcards.seed) not in GRID.training_seeds(cell):
-        raise WorkflowError(f"seed {wildcards.seed} is not among the seeds of {cell.dataset}/{cell.variant}: "
-                            f"{GRID.training_seeds(cell)} (config seeds {SEEDS}, studies.*.seeds)")
-    return shlex.quote(json.dumps(cell.run_config(int(wildcards.seed)), sort_keys=True))
-
-
-def training_inputs(wildcards):
-    cell = GRID.cell(wildcards.dataset, wildcards.variant)
-    out = {"data": f"{DATA}/{cell.dataset}/.complete", "weights": WEIGHTS_OK}
-    if cell.init_from:
-        base = GRID.cell(cell.dataset, cell.init_from[0])
-        out["base"] = f"{GRID.run_dir(RESULTS, base, int(wildcards.seed))}/train/final.pt"
-    return out
-
-
-def stage_args(wildcards):
-    """--init-from (the stage state this job starts from) and --keep-stages (a later job starts from its)."""
-    cell = GRID.cell(wildcards.dataset, wildcards.variant)
-    args = []
-    init = GRID.init_state(RESULTS, cell, int(wildcards.seed))
-    if init:
-        args += ["--init-from", init]
-    if GRID.init_dependents(cell):
-        args.append("--keep-stages")
-    if int(RES["gpu"]) > 1:
-        args += ["--nproc", str(int(RES["gpu"]))]   # one data-parallel process per GPU of the job
-    return " ".join(shlex.quote(a) for a in args)
-
-
 rule train:
     """`ecdp train` on one cell's run config (resumable)."""
     input:
