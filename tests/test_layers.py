@@ -44,3 +44,14 @@ def test_package_never_imports_test_helpers():
                     [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
                 assert not any(n.split(".")[0] in ("helpers", "tests", "conftest") for n in names), (path, names)
     assert not (ROOT / "ecdp" / "testing.py").exists() and not (ROOT / "ecdp" / "memory.py").exists()
+
+
+def test_architecture_names_existing_files():
+    """Every repository path docs/ARCHITECTURE.md names in backticks exists (a moved
+    module takes its line in the design with it)."""
+    import re
+
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    paths = set(re.findall(r"`((?:ecdp|baselines|workflow|tests|config|examples|docs)/[^`\s]*)`", text))
+    missing = sorted(p for p in paths if not any(c in p for c in "<*{") and not (ROOT / p).exists())
+    assert paths and not missing, missing
