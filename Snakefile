@@ -7,11 +7,12 @@
 
 Stages, one rule file each (workflow/rules/): data (prepare datasets), weights (LPIPS /
 VGG weights), train (`ecdp train`, one job per distinct training config), evaluate
-(`ecdp evaluate`, one job per cell and seed), time (Table 3 with `ecdp time`, and the
-sampler study), aggregate (`ecdp report`: tables, figures, README, run metadata).
+(`ecdp evaluate`, one job per cell and seed), time (Table 3 with `ecdp time`), samplers
+(the sampler study), aggregate (`ecdp report`: tables, figures, README, run metadata).
+What their inputs and commands are computed from is in workflow/rules/common.smk.
 
 The grid (which datasets x variants x seeds, which cells share a training job) is
-built by ecdp/report/grid.py from the config; `ecdp report` reads the same grid.
+built by ecdp/grid.py from the config; `ecdp report` reads the same grid.
 """
 import json
 import os
@@ -36,7 +37,7 @@ if not workflow.overwrite_configfiles:
 
 validate(config, schema=str(REPO / "config" / "schema.yaml"))
 
-from ecdp.report.grid import Grid  # noqa: E402
+from ecdp.grid import Grid  # noqa: E402
 
 try:
     GRID = Grid(config, REPO)
@@ -54,26 +55,18 @@ ENV = "../envs/ecdp.yaml"  # relative to workflow/rules/
 # (whatever python the job's (conda) env has) and the weights folder of the config in
 # $ECDP_WEIGHTS_DIR.  Both are set here, in the environment that jobs (and SLURM jobs,
 # which re-read this file) inherit, so no absolute path is part of a job's parameters:
-# moving the checkout does not make Snakemake rerun anything.
+# moving the checkout does not make Snakemake rerun anything.  `envvars` declares
+# them: Snakemake checks that they are set and passes them on to remote jobs.
+from ecdp.weights.store import resolve_dir  # noqa: E402
+
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-if config["weights"].get("dir"):
-    os.environ["ECDP_WEIGHTS_DIR"] = os.path.abspath(os.path.expanduser(config["weights"]["dir"]))
+os.environ["ECDP_WEIGHTS_DIR"] = str(resolve_dir(  # config weights.dir, else $ECDP_WEIGHTS_DIR, else the default
+    os.path.abspath(os.path.expanduser(config["weights"]["dir"])) if config["weights"].get("dir") else None))
 
 
-def threads_for(rule):
-    n = int(RES["threads"].get(rule, 1))
-    return workflow.cores if n == 0 else n
-
-
-def resources_for(rule, gpu_job):
-    out = {}
-    if RES["mem_mb"].get(rule):
-        out["mem_mb"] = int(RES["mem_mb"][rule])
-    if RES["runtime"].get(rule):
-        out["runtime"] = int(RES["runtime"][rule])
-    if gpu_job and int(RES["gpu"]) > 0:
-        out["gpu"] = int(RES["gpu"])
-    return out
+envvars:
+    "PYTHONPATH",
+    "ECDP_WEIGHTS_DIR",
 
 
 wildcard_constraints:
@@ -97,9 +90,11 @@ rule all:
         f"{RESULTS}/run_metadata.json",
 
 
+include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/weights.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/time.smk"
+include: "workflow/rules/samplers.smk"
 include: "workflow/rules/aggregate.smk"

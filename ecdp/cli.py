@@ -13,7 +13,7 @@ COMMANDS = {
     "sr": ("ecdp.inference", "super-resolve your own images with a checkpoint"),
     "params": ("ecdp.registry", "parameter counts of the paper architectures beside the paper's"),
     "data": ("ecdp.data.cli", "prepare datasets (download, verify, extract, degrade)"),
-    "weights": ("ecdp.weights", "fetch or convert pretrained LPIPS / VGG backbone weights"),
+    "weights": ("ecdp.weights.cli", "fetch or convert pretrained LPIPS / VGG backbone weights"),
     "metrics": ("ecdp.metrics", "PSNR, SSIM and LPIPS of two images or two folders"),
     "evaluate": ("ecdp.evaluation", "super-resolve a test set with a checkpoint and score it"),
     "time": ("ecdp.timing", "seconds per image and NFE of a method's sampler"),

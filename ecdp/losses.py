@@ -38,18 +38,11 @@ class QualityLoss(nn.Module):
 
 def build_quality_loss(cfg: dict) -> QualityLoss:
     """From the ``quality`` config section: ``feature_net`` ("auto", "vgg19", "vgg16",
-    or "tiny-random" for tests), ``weight``, ``weights_dir``."""
-    name = cfg.get("feature_net", "auto")
-    if name == "tiny-random":  # a fixed random conv net: exercises the plumbing, no weights needed
-        g = torch.Generator().manual_seed(0)
-        net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
-        with torch.no_grad():
-            for p in net.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-        return QualityLoss(net, cfg.get("weight", 0.5), {"feature_net": "tiny-random", "pretrained": False})
+    or "tiny-random", the weight-free stand-in of the test grid:
+    :mod:`ecdp.weights.feature_net`), ``weight``, ``weights_dir``."""
     from .weights import feature_network
 
-    net, info = feature_network(name, cfg.get("weights_dir"))
+    net, info = feature_network(cfg.get("feature_net", "auto"), cfg.get("weights_dir"))
     return QualityLoss(net, cfg.get("weight", 0.5), info)
 
 

@@ -1,4 +1,4 @@
-"""Seconds per image and NFE of any method's sampler (Table 3), and a quality-vs-cost study.
+"""Seconds per image and NFE of any method's sampler (Table 3): the suite's one timing harness.
 
 * :func:`time_sampler` times ``method.super_resolve`` (the suite's one method
   contract, docs/ARCHITECTURE.md), so ECDP, SR3, SRDiff and every variant are timed by the same
@@ -9,15 +9,14 @@
 * ``ecdp time`` (:func:`add_cli` / :func:`run_cli`) does that for a checkpoint and writes
   one CSV row: the workflow's Table 3 rule.  Table 3 is "time to generate a single
   256 x 256 HR image": ``--size 64`` (the LR side) at 4x.
-* :func:`sampler_study` scores several samplers of one trained model on a test set:
-  LPIPS / PSNR / SSIM against NFE and seconds per image.
+* :func:`sync` is the suite's one device sync, :func:`sampler_call` its one timed unit
+  (also used by the sampler study, :mod:`ecdp.sampler_study`, and ``tests/benchmarks``).
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
-import math
 import os
 import statistics
 import time
@@ -29,7 +28,8 @@ TIME_COLUMNS = ["method", "sampler", "sampler_options", "nfe", "seconds_per_imag
                 "git_commit", "time_utc", "precision", "channels_last", "compile"]
 
 
-def _device_of(method: torch.nn.Module) -> torch.device:
+def method_device(method: torch.nn.Module) -> torch.device:
+    """The device of a method's parameters (else buffers; CPU for a method with neither)."""
     for p in method.parameters():
         return p.device
     for b in method.buffers():
@@ -50,7 +50,7 @@ def method_name(method: torch.nn.Module) -> str:
     return type(method).__name__.lower()
 
 
-def _sampler_label(stats: dict, options: dict) -> str:
+def sampler_label(stats: dict, options: dict) -> str:
     """e.g. ``ode-dopri5-tol1e-04``, ``dpmpp_2m-10``, ``dpmpp_2m-10-time_quadratic``, ``ddpm-ancestral-100``."""
     label = str(stats.get("sampler") or options.get("name") or "default")
     if stats.get("steps") is not None:
@@ -63,13 +63,6 @@ def _sampler_label(stats: dict, options: dict) -> str:
     return label
 
 
-def _sampler_family(stats: dict, options: dict) -> str:
-    """The sampler without its step count or tolerance (one line of the LPIPS-vs-NFE
-    figure): ``ode-dopri5``, ``dpmpp_2m``, ``dpmpp_2m-edm``."""
-    family = str(stats.get("sampler") or options.get("name") or "default")
-    return family + (f"-{stats['grid']}" if stats.get("grid") else "")
-
-
 @torch.no_grad()
 def sampler_call(method: torch.nn.Module, lr: torch.Tensor, sampler_options: dict | None = None, seed: int = 0):
     """The timed unit of every speed measurement of the suite (``ecdp time``, the Table 3
@@ -77,7 +70,7 @@ def sampler_call(method: torch.nn.Module, lr: torch.Tensor, sampler_options: dic
     with ``seed``, runs ``method.super_resolve(lr, **sampler_options)`` and waits for the
     device, returning ``(sr, stats)``.  ``lr`` is (B, 3, h, w) on the method's device."""
     opts = dict(sampler_options or {})
-    device = _device_of(method)
+    device = method_device(method)
 
     def call():
         g = torch.Generator(device).manual_seed(seed)
@@ -104,7 +97,7 @@ def time_sampler(method: torch.nn.Module, lr: torch.Tensor, sampler_options: dic
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     opts = dict(sampler_options or {})
-    device = _device_of(method)
+    device = method_device(method)
     if lr.dim() == 3:
         lr = lr[None]
     lr = lr.to(device)
@@ -131,7 +124,7 @@ def time_sampler(method: torch.nn.Module, lr: torch.Tensor, sampler_options: dic
     batch = lr.shape[0]
     return {
         "method": method_name(method),
-        "sampler": _sampler_label(stats, opts),
+        "sampler": sampler_label(stats, opts),
         "sampler_options": json.dumps(opts, sort_keys=True),
         "nfe": nfes[-1],
         "nfe_runs": nfes,
@@ -251,108 +244,3 @@ def run_cli(args) -> int:
     else:
         print(text, end="")
     return 0
-
-
-# --------------------------------------------------------------------------- quality vs cost
-
-def _center_crop(lr: torch.Tensor, hr: torch.Tensor, lr_crop: int | None, scale: int):
-    if not lr_crop:
-        return lr, hr
-    h, w = lr.shape[-2:]
-    c = min(lr_crop, h, w)
-    top, left = (h - c) // 2, (w - c) // 2
-    return (lr[..., top:top + c, left:left + c],
-            hr[..., top * scale:(top + c) * scale, left * scale:(left + c) * scale])
-
-
-def sampler_study(method, dataset_root: str | os.PathLike, samplers: list[dict], limit: int | None = 10,
-                  lr_crop: int | None = None, seed: int = 0, convention: str = "ecdp", device: str | None = None,
-                  per_image: bool = False, accurate: int | None = 0):
-    """LPIPS / PSNR / SSIM against NFE and seconds per image for each sampler of one model.
-
-    ``method``: an ``nn.Module`` with ``super_resolve`` or a checkpoint path.
-    ``dataset_root``: a prepared dataset folder (``meta.json``, ``test/HR``, ``test/LR``).
-    ``samplers``: sampler option dicts, e.g. ``[{"name": "ode", "atol": 1e-4, "rtol": 1e-4},
-    {"name": "dpmpp_2m", "steps": 10}]`` (``{}`` = the model's configured sampler).
-    ``limit``: first N test images; ``lr_crop``: centre-crop the LR image to this side
-    (and the HR image accordingly) to keep CPU runs short.  Image ``i`` uses seed
-    ``seed + i`` for x(T) under every sampler, so samplers are compared on the same noise.
-
-    ``accurate``: index in ``samplers`` of the solver taken as the ODE's solution (the
-    shipped configs: dopri5 at atol = rtol = 1e-6); it runs first, and every sampler's
-    SR image is compared with its SR image of the same noise: ``solver_rmse`` (RMSE of
-    the unquantized images in 8-bit levels, i.e. x 255 on [0, 1]), ``psnr_vs_accurate``
-    and ``lpips_vs_accurate`` (metric convention applied).  That is how far the solver
-    is from the ODE's solution, as opposed to how far from the HR image.  ``None``
-    skips it.
-
-    Returns a ``pandas.DataFrame`` with one row per sampler and image (``per_image=True``)
-    or, through :func:`summarize_sampler_study`, one row per sampler: sampler, options,
-    accurate, state (what an adaptive ODE solver integrated, ``""`` for the others), nfe, seconds_per_image, lpips, psnr, ssim, solver_rmse, psnr_vs_accurate,
-    lpips_vs_accurate, n_images, convention, device.
-    """
-    import pandas as pd
-
-    from .data import PairedImages, read_meta
-    from .metrics import score
-    from .provenance import device_name
-
-    if isinstance(method, (str, os.PathLike)):
-        from .checkpoint import load_method
-
-        method, _ = load_method(method, device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    method.eval()
-    dev = _device_of(method)
-    scale = int(read_meta(dataset_root)["scale"])
-    test = PairedImages(dataset_root, "test", limit=limit)
-    images = [_center_crop(lr, hr, lr_crop, scale) + (stem,) for hr, lr, stem in (test[i] for i in range(len(test)))]
-    rows = []
-    if images and samplers:  # one untimed run: first-call overheads (allocator, kernels) stay out of the timings
-        with torch.no_grad():
-            sampler_call(method, images[0][0][None].to(dev), samplers[0], seed)()
-    order = list(range(len(samplers)))
-    if accurate is not None:  # the accurate solver runs first so the others can be compared with it
-        accurate = int(accurate)
-        if not 0 <= accurate < len(samplers):
-            raise ValueError(f"accurate={accurate} is not an index of the {len(samplers)} samplers")
-        order.remove(accurate)
-        order.insert(0, accurate)
-    exact: dict = {}
-    for k in order:
-        opts = dict(samplers[k])
-        for i, (lr, hr, stem) in enumerate(images):
-            call = sampler_call(method, lr[None].to(dev), opts, seed + i)
-            with torch.no_grad():
-                t0 = time.perf_counter()
-                sr, stats = call()
-                seconds = time.perf_counter() - t0
-            sr = sr[0].cpu()
-            m = score(sr, hr, convention=convention, scale=scale)
-            if k == accurate:
-                exact[i] = sr
-            vs = score(sr, exact[i], convention=convention, scale=scale) if i in exact else {}
-            rmse = 255 * float((sr.double() - exact[i].double()).pow(2).mean().sqrt()) if i in exact else math.nan
-            rows.append({"k": k, "sampler": _sampler_label(stats, opts), "options": json.dumps(opts, sort_keys=True),
-                         "accurate": k == accurate, "image": stem,
-                         "state": stats.get("state", ""), "family": _sampler_family(stats, opts),
-                         "nfe": int(stats.get("nfe", -1)), "seconds_per_image": seconds,
-                         "lpips": m["lpips"], "psnr": m["psnr"], "ssim": m["ssim"], "solver_rmse": rmse,
-                         "psnr_vs_accurate": vs.get("psnr", math.nan), "lpips_vs_accurate": vs.get("lpips", math.nan),
-                         "convention": m["convention"], "device": device_name(dev)})
-    df = pd.DataFrame(rows)
-    if df.empty:
-        return df
-    df = df.sort_values("k", kind="stable").drop(columns="k").reset_index(drop=True)  # the caller's order
-    return df if per_image else summarize_sampler_study(df)
-
-
-def summarize_sampler_study(per_image):
-    """Per-image rows of :func:`sampler_study` -> one row per sampler (means over images;
-    ``n_images`` counts them), in the order the samplers first appear."""
-    return (per_image.groupby(["sampler", "options"], sort=False)
-            .agg(accurate=("accurate", "first"), state=("state", "first"), family=("family", "first"), nfe=("nfe", "mean"), seconds_per_image=("seconds_per_image", "mean"),
-                 lpips=("lpips", "mean"), psnr=("psnr", "mean"), ssim=("ssim", "mean"),
-                 solver_rmse=("solver_rmse", "mean"), psnr_vs_accurate=("psnr_vs_accurate", "mean"),
-                 lpips_vs_accurate=("lpips_vs_accurate", "mean"), n_images=("image", "count"),
-                 convention=("convention", "first"), device=("device", "first"))
-            .reset_index())

@@ -1,11 +1,11 @@
-"""Shared fixtures (helpers live in ``ecdp.testing``)."""
+"""Shared fixtures (helpers live in ``tests/helpers``)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from ecdp.testing import make_tiny_dataset, tiny_config  # noqa: F401 - re-exported for tests
+from helpers import make_tiny_dataset
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from ecdp.cli import main
-from ecdp.testing import tiny_config
+from helpers import tiny_config
 
 
 def _stage(**kw):
@@ -306,7 +306,7 @@ def test_workflow_config_names_are_checked_before_any_job(mutate, fragment):
     from pathlib import Path
 
     from ecdp.config import yaml_load
-    from ecdp.report.grid import Grid
+    from ecdp.grid import Grid
 
     root = Path(__file__).resolve().parent.parent
     cfg = yaml_load((root / "config" / "default.yaml").read_text())

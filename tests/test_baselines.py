@@ -20,7 +20,7 @@ from ecdp import config as config_mod
 from ecdp.checkpoint import load_method
 from ecdp.data import PairedImages
 from ecdp.registry import build_method, count_params
-from ecdp.testing import tiny_config
+from helpers import tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

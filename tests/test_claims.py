@@ -18,7 +18,7 @@ from ecdp.imresize import bicubic_upsample
 from ecdp.report import claims as K
 from ecdp.report import figures as F
 from ecdp.report import tables as T
-from ecdp.report.grid import Grid
+from ecdp.grid import Grid
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -8,7 +8,7 @@ from ecdp.cli import main
 from ecdp.imageio import load_image
 from ecdp.training import train
 
-from ecdp.testing import tiny_config
+from helpers import tiny_config
 
 SHORT = {"train": {"checkpoint_every": 100, "warmup": 0, "stages": [
     {"name": "score", "kind": "score", "steps": 2, "batch": 2, "lr": 1e-4}]},

@@ -24,7 +24,7 @@ import yaml
 
 from ecdp import checkpoint as ckpt
 from ecdp.distributed import World, batch_rand, batch_randint, batch_randn, batch_shard, shard
-from ecdp.testing import tiny_config
+from helpers import tiny_config
 from ecdp.training import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent

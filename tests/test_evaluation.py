@@ -14,7 +14,7 @@ from ecdp.cli import main
 from ecdp.data import read_meta
 from ecdp.registry import build_method
 
-from ecdp.testing import tiny_config
+from helpers import tiny_config
 
 FAST = {"name": "dpmpp_2m", "steps": 2}
 

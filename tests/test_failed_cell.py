@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from ecdp.cli import main
-from ecdp.testing import tiny_config
+from helpers import tiny_config
 from ecdp.training import not_trained_reason, read_outcome
 
 

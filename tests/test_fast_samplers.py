@@ -160,7 +160,7 @@ def test_convergence_order(name):
 
 @pytest.fixture(scope="module")
 def tiny_model(tiny_data):
-    from ecdp.testing import tiny_config
+    from helpers import tiny_config
     from ecdp.model import ECDP
 
     torch.manual_seed(0)

@@ -33,7 +33,7 @@ from ecdp.nets.unet import timestep_embedding
 from ecdp.parametrization import score_matching_loss
 from ecdp.sampling import SAMPLERS, sample_ode, sample_reverse_sde
 from ecdp.sde import ConditionalVPSDE, _bc
-from ecdp.testing import tiny_config
+from helpers import tiny_config
 
 SDE = ConditionalVPSDE()
 MU, SIGMA2, M, S = 0.3, 0.04, 0.45, 0.1

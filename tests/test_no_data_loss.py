@@ -12,7 +12,7 @@ from ecdp import checkpoint as ckpt
 from ecdp.cli import main
 from ecdp.imageio import save_image
 from ecdp.model import ECDP
-from ecdp.testing import tiny_config
+from helpers import tiny_config
 
 ONE_STAGE = {"train": {"warmup": 0, "checkpoint_every": 2, "log_every": 1,
                        "stages": [{"name": "score", "kind": "score", "steps": 3, "batch": 2, "lr": 5e-4}]}}

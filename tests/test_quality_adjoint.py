@@ -3,12 +3,11 @@ solver, and the adjoint's autograd memory does not grow with the number of steps
 import pytest
 import torch
 
-from ecdp.memory import SavedTensorMeter
 from ecdp.model import ECDP
 from ecdp.sampling import sample_ode
 from ecdp.sde import ConditionalVPSDE
 
-from ecdp.testing import tiny_config
+from helpers import SavedTensorMeter, tiny_config
 
 
 def tiny_model(tiny_data):

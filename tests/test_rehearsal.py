@@ -79,7 +79,7 @@ def test_rehearsal_config_is_the_paper_config_but_sizes():
 def test_rehearsal_config_validates(reduced):
     import jsonschema
 
-    from ecdp.report.grid import Grid, check_paths
+    from ecdp.grid import Grid, check_paths
 
     cfg = load("rehearsal")
     if reduced:

@@ -16,7 +16,7 @@ import yaml
 from ecdp import config as config_mod
 from ecdp.model import DISCREPANCIES
 from ecdp.report import cli as report_cli
-from ecdp.report import grid as G
+from ecdp import grid as G
 from ecdp.report import tables as T
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -300,7 +300,7 @@ def test_grid_errors():
 def test_clean_stale_training(tmp_path, tiny_data):
     from ecdp import checkpoint as ckpt
 
-    from ecdp.testing import tiny_config
+    from helpers import tiny_config
 
     cfg = tiny_config(tiny_data)
     run = tmp_path / "run.yaml"

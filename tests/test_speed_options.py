@@ -11,7 +11,7 @@ import torch
 from ecdp import checkpoint as ckpt
 from ecdp.cli import main
 from ecdp.model import ECDP
-from ecdp.testing import tiny_config
+from helpers import tiny_config
 
 SAMPLER = {"name": "dpmpp_2m", "steps": 3}
 

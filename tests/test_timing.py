@@ -1,4 +1,4 @@
-"""ecdp.timing (time_sampler, `ecdp time`, sampler_study) and ecdp.report.benchmarks."""
+"""ecdp.timing (time_sampler, `ecdp time`), ecdp.sampler_study and ecdp.report.benchmarks."""
 from __future__ import annotations
 
 import csv
@@ -10,9 +10,10 @@ import torch
 from ecdp import checkpoint as ckpt
 from ecdp.cli import main
 from ecdp.model import ECDP
-from ecdp.timing import photo_lr, sampler_study, summarize_sampler_study, time_sampler
+from ecdp.sampler_study import sampler_study, summarize_sampler_study
+from ecdp.timing import photo_lr, time_sampler
 
-from ecdp.testing import tiny_config
+from helpers import tiny_config
 
 
 @pytest.fixture(scope="module")

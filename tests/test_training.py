@@ -8,7 +8,7 @@ from ecdp import checkpoint as ckpt
 from ecdp.model import ECDP
 from ecdp.training import Trainer, lr_factor, train
 
-from ecdp.testing import tiny_config
+from helpers import tiny_config
 
 SHORT = {"train": {"checkpoint_every": 3, "log_every": 2, "warmup": 2, "stages": [
     {"name": "pretrain", "kind": "pretrain", "steps": 4, "batch": 2, "lr": 1e-3},

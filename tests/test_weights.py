@@ -146,7 +146,7 @@ def test_sdist_hash_is_verified(tmp_path):
 def _fake_torchvision_file(folder: Path, name: str) -> str:
     """A random-weight torchvision-style checkpoint named ``{name}-{sha256[:8]}.pth``; its file:// URL."""
     with torch.device("meta"):  # shapes only: no time spent on random init
-        shapes = W._features_module(name).state_dict()
+        shapes = W.features_module(name).state_dict()
     state = {f"features.{k}": torch.full(v.shape, 0.01) for k, v in shapes.items()}
     state["classifier.weight"] = torch.zeros(2, 2)  # dropped by fetch (only features.* kept)
     buf = io.BytesIO()
@@ -209,7 +209,7 @@ def test_feature_network_vgg16_fallback(weights_dir):
     with torch.device("meta"):  # torchvision's own architecture, without the random init
         ref = torchvision.models.vgg16(weights=None).features[:29]
     ref = ref.to_empty(device="cpu")
-    ref.load_state_dict(W._strip_features({k: v for k, v in W.load_backbone("vgg16", weights_dir).items()}))
+    ref.load_state_dict(W.strip_features({k: v for k, v in W.load_backbone("vgg16", weights_dir).items()}))
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     with torch.no_grad():

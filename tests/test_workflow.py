@@ -120,6 +120,27 @@ def test_dry_run_one_cell(tmp_path):
     assert '"atol": 0.001' in out
 
 
+def lint(workdir: Path, config: str) -> str:
+    """Findings of ``snakemake --lint`` on the workflow with ``config/<config>.yaml`` ("" if none)."""
+    res = snakemake(workdir, "--lint", "--cores", "1", "--configfile", str(ROOT / "config" / f"{config}.yaml"),
+                    check=False)
+    out = res.stdout + res.stderr
+    return "" if res.returncode == 0 and "Lints for" not in out else out
+
+
+def test_snakemake_lint_reports_nothing(tmp_path):
+    """Every rule of the default config (all studies on) passes ``snakemake --lint``."""
+    findings = lint(tmp_path, "default")
+    assert not findings, findings[-6000:]
+
+
+@pytest.mark.slow   # > 5 s: CI runs it (.ci/run), the fast suite stays under 3 min
+@pytest.mark.parametrize("config", ["paper", "test", "rehearsal"])
+def test_snakemake_lint_reports_nothing_other_configs(tmp_path, config):
+    findings = lint(tmp_path, config)
+    assert not findings, findings[-6000:]
+
+
 def test_cell_not_in_grid_fails_clearly(tmp_path):
     res = snakemake(tmp_path, "-n", "--cores", "1", "results/runs/embedded-div2k/no-such-variant/seed0/metrics.csv",
                     check=False)

@@ -1,7 +1,11 @@
 """Small archives with the official file names and inner layouts of the paper's
 datasets, and a local HTTP server to serve them: for the tests
 (``tests/test_official_layouts.py``, ``tests/test_download.py``) and for a developer
-rehearsal of the paper workflow (``workflow/scripts/``), never for real data.
+rehearsal of the paper workflow (``workflow/scripts/rehearse.py``,
+``config/rehearsal.yaml``), never for real data.  It ships in the package, unlike the
+test-only helpers of ``tests/helpers``, because that rehearsal is part of the shipped
+workflow: it builds these archives, serves them on 127.0.0.1 and runs the paper's
+download -> verify -> extract -> prepare path on them (docs/ARCHITECTURE.md).
 
 Every archive is built the way its host ships it:
 

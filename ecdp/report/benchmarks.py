@@ -211,7 +211,7 @@ NOTES = {
                       "the image quality loss, same run."),
     "quality_memory": ("Gradient of the image quality loss (eq. 19) through probability flow with fixed-step rk4. "
                        "peak_saved_mib: peak live bytes of tensors autograd saved for backward "
-                       "(ecdp.memory.SavedTensorMeter). The adjoint method should stay flat in the number of steps; "
+                       "(SavedTensorMeter, tests/helpers/memory.py). The adjoint method should stay flat in the number of steps; "
                        "direct backprop grows linearly."),
     "training_throughput": ("Training images per second, one score-stage optimiser step (eq. 16) of each Table 6 "
                             "ECDP architecture; vs_fp32: ratio to the same architecture's fp32 row, same run. On CPU "

@@ -207,7 +207,7 @@ def report(results: str | Path = "results", out: str | Path | None = None, workf
            start_marker: str | Path | None = None, base_dir: str | Path = ".", log=print) -> dict:
     """Build every table, figure, the README and run_metadata.json; returns what was written."""
     from ..evaluation import atomic_write_text
-    from .grid import Grid, load_workflow_config
+    from ..grid import Grid, load_workflow_config
 
     results = Path(results)
     out = Path(out) if out else results

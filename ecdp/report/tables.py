@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .grid import MAIN_ECDP, OFFICIAL, TOGGLE_PREFIX
+from ..grid import MAIN_ECDP, OFFICIAL, TOGGLE_PREFIX
 
 PAPER_CSV = Path(__file__).with_name("paper_results.csv")
 
@@ -164,7 +164,7 @@ def _shipped_variants() -> dict:
     checkout): labels and paper rows of a results folder that has no workflow config."""
     import yaml
 
-    from .grid import REPO_ROOT
+    from ..grid import REPO_ROOT
 
     path = REPO_ROOT / "config" / "default.yaml"
     try:
@@ -541,7 +541,7 @@ SAMPLER_TARGET = {"lpips": 0.002, "nfe_ratio": 0.25}   # issue 6: within 0.002 L
 
 
 def sampler_table(study: pd.DataFrame, ctx: Context, name: str = "samplers", source: str = "") -> Table:
-    """The sampler study (``ecdp.timing.sampler_study``) of one model: quality against cost.
+    """The sampler study (``ecdp.sampler_study.sampler_study``) of one model: quality against cost.
 
     The first row is the reference, the paper's solver (dopri5 at atol = rtol = 1e-4 in
     the shipped configs); ``nfe_vs_ref`` and ``lpips_minus_ref`` compare every sampler

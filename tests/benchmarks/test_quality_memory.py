@@ -5,8 +5,8 @@ the number of solver steps s instead of O(s).  Here: probability flow with
 torchdiffeq's fixed-step rk4 at s = 4, 8, 16 steps (4 s NFE forward), the quality
 loss's gradient w.r.t. the U-Net parameters, on the benchmark ECDP (16x16 -> 64x64,
 one image).  Peak autograd memory = peak live bytes of tensors saved for backward
-(:class:`ecdp.memory.SavedTensorMeter`, measured once outside the timed round, which
-also warms up; on CUDA the allocator peak is added).  Timed: the whole forward + backward.  The trend
+(:class:`helpers.memory.SavedTensorMeter` of tests/helpers/memory.py, measured once
+outside the timed round, which also warms up; on CUDA the allocator peak is added).  Timed: the whole forward + backward.  The trend
 is asserted: adjoint flat in s, direct growing ~linearly.
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ _PEAKS: dict = {}
 
 
 def _measure(model, lr, hr, mode, steps):
-    from ecdp.memory import SavedTensorMeter
+    from helpers import SavedTensorMeter
 
     if (mode, steps) not in _PEAKS:
         with SavedTensorMeter() as meter:

@@ -10,23 +10,6 @@ TABLES = ["table1", "table2", "table3", "table4", "table5", "table7", "protocol"
 CAPTIONS = "../report"  # relative to this rule file
 
 
-def report_inputs(wildcards):
-    inputs = {"metrics": GRID.cell_targets(RESULTS)}
-    if T3:
-        inputs["timing"] = table3_outputs()
-    if SAM:
-        inputs["samplers"] = [f"{RESULTS}/samplers/{GRID.dataset_name(SAM['dataset'])}/{SAM['variant']}/seed{s}.csv"
-                              for s in GRID.study_seeds("samplers")]
-    if config.get("benchmark_json") and Path(config["benchmark_json"]).exists():
-        inputs["benchmark"] = config["benchmark_json"]   # pytest-benchmark JSON -> results/benchmarks/
-    fig8 = config["studies"].get("figure8")
-    if fig8:  # val.jsonl lives beside these training records
-        ds = GRID.dataset_name(fig8["dataset"])
-        inputs["figure8"] = [GRID.outcome(RESULTS, GRID.cell(ds, v), s) for v in fig8["variants"]
-                             for s in GRID.study_seeds("figure8")]
-    return inputs
-
-
 rule aggregate:
     """Tables, figures, README and run metadata from everything above."""
     input:
@@ -47,7 +30,7 @@ rule aggregate:
         ENV
     params:
         cfg=lambda wc: shlex.quote(json.dumps(dict(config))),
-        results=RESULTS,
+        results=lambda wc, output: str(Path(output.readme).parent),   # RESULTS, from the output
         bench_dir=f"{RESULTS}/logs/benchmarks",
         start=f"{RESULTS}/logs/workflow_start",
         bench=lambda wc, input: f"--benchmark-json {shlex.quote(input.benchmark)}" if "benchmark" in input.keys() else "",

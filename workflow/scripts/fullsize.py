@@ -56,7 +56,7 @@ EVALUATED = ("lr_h", "lr_w", "nfe", "rss_peak_gib", "cpu_s_process", "seconds_pe
 
 def paper_div2k_config() -> dict:
     """The resolved run config of config/paper.yaml's DIV2K ECDP (ecdp-hybrid-c1.0)."""
-    from ecdp.report.grid import Grid, load_workflow_config
+    from ecdp.grid import Grid, load_workflow_config
 
     grid = Grid(load_workflow_config(ROOT / "config" / "paper.yaml"), ROOT)
     return grid.cell("div2k", "ecdp-hybrid-c1.0").run_config(0)
@@ -153,7 +153,7 @@ def modelled(method, h: int, w: int) -> dict:
 def other_methods(cost) -> dict:
     """The tensor model at the full size for the other learned methods of the DIV2K table
     (config/paper.yaml, their paper-size presets): GiB of activations + weights."""
-    from ecdp.report.grid import Grid, load_workflow_config
+    from ecdp.grid import Grid, load_workflow_config
 
     grid = Grid(load_workflow_config(ROOT / "config" / "paper.yaml"), ROOT)
     out = {}

@@ -7,7 +7,7 @@ patch and image sizes (no scaling from small sizes is needed on the meta device;
 convolutions scale linearly in pixels, SR3's self-attention quadratically, and both are
 counted as they are).
 
-* training (rule ``train``): every training job of the grid (:class:`ecdp.report.grid.Grid`:
+* training (rule ``train``): every training job of the grid (:class:`ecdp.grid.Grid`:
   jobs that share their first stages with another start after them, as the workflow
   runs them), per stage ``steps x FLOPs per step`` at the stage's batch and the
   dataset's patch, times the job's seeds; the quality stage by
@@ -79,7 +79,7 @@ def stage_flops(method, cfg: dict, stage: dict, nfe_table: dict, cache: dict) ->
 def jobs(config_path: Path, nfe_table: dict) -> list[dict]:
     """One row per (rule, job, stage): FLOPs and what they are made of."""
     from ecdp import cost
-    from ecdp.report.grid import Grid, load_workflow_config
+    from ecdp.grid import Grid, load_workflow_config
 
     wf = load_workflow_config(config_path)
     grid = Grid(wf, ROOT)

@@ -322,7 +322,7 @@ def git_commit() -> str:
 def expected_rules(cfg: dict) -> dict:
     """rule -> number of jobs a full run of ``cfg`` has (from the grid, as the Snakefile counts)."""
     sys.path.insert(0, str(REPO))
-    from ecdp.report.grid import Grid
+    from ecdp.grid import Grid
 
     grid = Grid(cfg, REPO)
     studies = cfg["studies"]

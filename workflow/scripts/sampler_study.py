@@ -1,4 +1,4 @@
-"""Snakemake script of the `sampler_study` rule: ecdp.timing.sampler_study on one checkpoint.
+"""Snakemake script of the `sampler_study` rule: ecdp.sampler_study.sampler_study on one checkpoint.
 
 The ecdp package and the weights folder come from the environment the Snakefile sets
 (PYTHONPATH, ECDP_WEIGHTS_DIR)."""
@@ -7,10 +7,10 @@ import os
 import torch
 
 from ecdp.evaluation import atomic_write_text
-from ecdp.timing import sampler_study, summarize_sampler_study
+from ecdp.sampler_study import sampler_study, summarize_sampler_study
 from ecdp.training import not_trained_reason
 
-sm = snakemake  # noqa: F821
+sm = globals()["snakemake"]   # injected by the script directive of the sampler_study rule
 torch.set_num_threads(sm.threads)
 why = not_trained_reason(sm.input.outcome)
 if why:   # no model: CSVs with no rows; the report says why (ecdp.report.tables.collect_failures)

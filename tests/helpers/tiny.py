@@ -1,6 +1,6 @@
-"""Helpers for the test suite and benchmarks: a tiny prepared dataset built from a real
-photo, and tiny run configs.  Kept in the package (not a conftest) so that every test
-folder can import them unambiguously."""
+"""A tiny prepared dataset built from a real photo, and tiny run configs, for the tests
+and benchmarks (``from helpers import tiny_config``; docs/ARCHITECTURE.md, "Test-only
+helpers")."""
 from __future__ import annotations
 
 import json
@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import config as config_mod
-from .imageio import save_image
-from .imresize import bicubic_upsample, imresize
+from ecdp import config as config_mod
+from ecdp.imageio import save_image
+from ecdp.imresize import bicubic_upsample, imresize
 
-ROOT = Path(__file__).resolve().parent.parent  # the repository (configs live in config/)
+ROOT = Path(__file__).resolve().parents[2]  # the repository (configs live in config/)
 
 
 def make_tiny_dataset(root: Path, name: str = "tiny4x", scale: int = 4, n_train: int = 3, n_test: int = 2,

@@ -2,7 +2,11 @@
 with which run config, and which cells share one training job.
 
 Both the Snakefile (to create jobs) and ``ecdp report`` (to lay out tables and say why
-a cell is empty) read the grid from here, so there is one definition of it.
+a cell is empty) read the grid from here, so there is one definition of it.  It is the
+workflow layer's module inside the package (docs/ARCHITECTURE.md, "Layers"): it reads
+run configs, methods and the training loop, never :mod:`ecdp.report`, and it ships so
+that ``python -m ecdp.grid clean-stale`` (the train rule) and ``ecdp report`` work from
+an installed package as from a checkout.
 
 A workflow config (``config/default.yaml``, ``config/paper.yaml``; schema in
 ``config/schema.yaml``) has
@@ -42,9 +46,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from .. import config as config_mod
-from ..model import DISCREPANCIES
-from ..training import shared_stages, training_part
+from . import config as config_mod
+from .model import DISCREPANCIES
+from .training import shared_stages, training_part
 
 #: Variant names the table builder knows (ecdp.report.tables maps paper rows to them).
 MAIN_ECDP = "ecdp-hybrid-c1.0"
@@ -52,9 +56,7 @@ TOGGLE_PREFIX = "ecdp-paper-but-"
 OFFICIAL = "ecdp-official"
 
 
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent  # configs of a source checkout
-
-STUDIES = ("table1", "table2", "table3", "table4", "table5", "table7", "figure8", "protocol", "samplers")
+REPO_ROOT = Path(__file__).resolve().parent.parent  # configs of a source checkout
 
 
 @dataclass
@@ -116,7 +118,7 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 def dataset_scale(name: str) -> int | None:
     """The SR scale of a registry dataset (None for a dataset the registry does not know)."""
-    from ..data.registry import get_spec
+    from .data.registry import get_spec
 
     try:
         return int(get_spec(name).scale)
@@ -265,7 +267,7 @@ class Grid:
     def _check_lr_crop(self, sam: dict) -> None:
         """The sampler study scores LPIPS-Alex on lr_crop x scale HR pixels: a crop too
         small for it fails at dry-run time (found by the rehearsal: after training)."""
-        from ..metrics import LPIPS_MIN_SIDE
+        from .metrics import LPIPS_MIN_SIDE
 
         crop, ds = sam.get("lr_crop"), sam.get("dataset")
         if not crop or ds not in self.datasets:
@@ -418,7 +420,7 @@ def clean_stale_training(run_yaml: str | Path, out_dir: str | Path, log=print) -
     ck_path = out_dir / "checkpoint.pt"
     if not ck_path.exists():
         return False
-    from .. import checkpoint as ckpt
+    from . import checkpoint as ckpt
 
     want = config_mod.load(run_yaml)
     try:
@@ -436,10 +438,10 @@ def clean_stale_training(run_yaml: str | Path, out_dir: str | Path, log=print) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m ecdp.report.grid cells CONFIG`` | ``clean-stale RUN_YAML TRAIN_DIR``."""
+    """``python -m ecdp.grid cells CONFIG`` | ``clean-stale RUN_YAML TRAIN_DIR``."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m ecdp.report.grid")
+    p = argparse.ArgumentParser(prog="python -m ecdp.grid")
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("cells", help="list the cells of a workflow config")
     c.add_argument("config")

@@ -1,0 +1,127 @@
+"""The sampler study: several samplers of one trained model scored on a test set, LPIPS /
+PSNR / SSIM (and the distance to an accurate solver's image) against NFE and seconds per
+image -- a quality evaluation, run by the workflow's ``sampler_study`` rule
+(``workflow/scripts/sampler_study.py``) and laid out by :func:`ecdp.report.tables.sampler_table`
+and the LPIPS-vs-NFE / -seconds figures.  Each call is timed with the suite's one timing
+harness, :func:`ecdp.timing.sampler_call`; metrics follow :mod:`ecdp.metrics`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import torch
+
+from .timing import method_device, sampler_call, sampler_label
+
+
+def sampler_family(stats: dict, options: dict) -> str:
+    """The sampler without its step count or tolerance (one line of the LPIPS-vs-NFE
+    figure): ``ode-dopri5``, ``dpmpp_2m``, ``dpmpp_2m-edm``."""
+    family = str(stats.get("sampler") or options.get("name") or "default")
+    return family + (f"-{stats['grid']}" if stats.get("grid") else "")
+
+
+def _center_crop(lr: torch.Tensor, hr: torch.Tensor, lr_crop: int | None, scale: int):
+    if not lr_crop:
+        return lr, hr
+    h, w = lr.shape[-2:]
+    c = min(lr_crop, h, w)
+    top, left = (h - c) // 2, (w - c) // 2
+    return (lr[..., top:top + c, left:left + c],
+            hr[..., top * scale:(top + c) * scale, left * scale:(left + c) * scale])
+
+
+def sampler_study(method, dataset_root: str | os.PathLike, samplers: list[dict], limit: int | None = 10,
+                  lr_crop: int | None = None, seed: int = 0, convention: str = "ecdp", device: str | None = None,
+                  per_image: bool = False, accurate: int | None = 0):
+    """LPIPS / PSNR / SSIM against NFE and seconds per image for each sampler of one model.
+
+    ``method``: an ``nn.Module`` with ``super_resolve`` or a checkpoint path.
+    ``dataset_root``: a prepared dataset folder (``meta.json``, ``test/HR``, ``test/LR``).
+    ``samplers``: sampler option dicts, e.g. ``[{"name": "ode", "atol": 1e-4, "rtol": 1e-4},
+    {"name": "dpmpp_2m", "steps": 10}]`` (``{}`` = the model's configured sampler).
+    ``limit``: first N test images; ``lr_crop``: centre-crop the LR image to this side
+    (and the HR image accordingly) to keep CPU runs short.  Image ``i`` uses seed
+    ``seed + i`` for x(T) under every sampler, so samplers are compared on the same noise.
+
+    ``accurate``: index in ``samplers`` of the solver taken as the ODE's solution (the
+    shipped configs: dopri5 at atol = rtol = 1e-6); it runs first, and every sampler's
+    SR image is compared with its SR image of the same noise: ``solver_rmse`` (RMSE of
+    the unquantized images in 8-bit levels, i.e. x 255 on [0, 1]), ``psnr_vs_accurate``
+    and ``lpips_vs_accurate`` (metric convention applied).  That is how far the solver
+    is from the ODE's solution, as opposed to how far from the HR image.  ``None``
+    skips it.
+
+    Returns a ``pandas.DataFrame`` with one row per sampler and image (``per_image=True``)
+    or, through :func:`summarize_sampler_study`, one row per sampler: sampler, options,
+    accurate, state (what an adaptive ODE solver integrated, ``""`` for the others), nfe, seconds_per_image, lpips, psnr, ssim, solver_rmse, psnr_vs_accurate,
+    lpips_vs_accurate, n_images, convention, device.
+    """
+    import pandas as pd
+
+    from .data import PairedImages, read_meta
+    from .metrics import score
+    from .provenance import device_name
+
+    if isinstance(method, (str, os.PathLike)):
+        from .checkpoint import load_method
+
+        method, _ = load_method(method, device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    method.eval()
+    dev = method_device(method)
+    scale = int(read_meta(dataset_root)["scale"])
+    test = PairedImages(dataset_root, "test", limit=limit)
+    images = [_center_crop(lr, hr, lr_crop, scale) + (stem,) for hr, lr, stem in (test[i] for i in range(len(test)))]
+    rows = []
+    if images and samplers:  # one untimed run: first-call overheads (allocator, kernels) stay out of the timings
+        with torch.no_grad():
+            sampler_call(method, images[0][0][None].to(dev), samplers[0], seed)()
+    order = list(range(len(samplers)))
+    if accurate is not None:  # the accurate solver runs first so the others can be compared with it
+        accurate = int(accurate)
+        if not 0 <= accurate < len(samplers):
+            raise ValueError(f"accurate={accurate} is not an index of the {len(samplers)} samplers")
+        order.remove(accurate)
+        order.insert(0, accurate)
+    exact: dict = {}
+    for k in order:
+        opts = dict(samplers[k])
+        for i, (lr, hr, stem) in enumerate(images):
+            call = sampler_call(method, lr[None].to(dev), opts, seed + i)
+            with torch.no_grad():
+                t0 = time.perf_counter()
+                sr, stats = call()
+                seconds = time.perf_counter() - t0
+            sr = sr[0].cpu()
+            m = score(sr, hr, convention=convention, scale=scale)
+            if k == accurate:
+                exact[i] = sr
+            vs = score(sr, exact[i], convention=convention, scale=scale) if i in exact else {}
+            rmse = 255 * float((sr.double() - exact[i].double()).pow(2).mean().sqrt()) if i in exact else math.nan
+            rows.append({"k": k, "sampler": sampler_label(stats, opts), "options": json.dumps(opts, sort_keys=True),
+                         "accurate": k == accurate, "image": stem,
+                         "state": stats.get("state", ""), "family": sampler_family(stats, opts),
+                         "nfe": int(stats.get("nfe", -1)), "seconds_per_image": seconds,
+                         "lpips": m["lpips"], "psnr": m["psnr"], "ssim": m["ssim"], "solver_rmse": rmse,
+                         "psnr_vs_accurate": vs.get("psnr", math.nan), "lpips_vs_accurate": vs.get("lpips", math.nan),
+                         "convention": m["convention"], "device": device_name(dev)})
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    df = df.sort_values("k", kind="stable").drop(columns="k").reset_index(drop=True)  # the caller's order
+    return df if per_image else summarize_sampler_study(df)
+
+
+def summarize_sampler_study(per_image):
+    """Per-image rows of :func:`sampler_study` -> one row per sampler (means over images;
+    ``n_images`` counts them), in the order the samplers first appear."""
+    return (per_image.groupby(["sampler", "options"], sort=False)
+            .agg(accurate=("accurate", "first"), state=("state", "first"), family=("family", "first"), nfe=("nfe", "mean"), seconds_per_image=("seconds_per_image", "mean"),
+                 lpips=("lpips", "mean"), psnr=("psnr", "mean"), ssim=("ssim", "mean"),
+                 solver_rmse=("solver_rmse", "mean"), psnr_vs_accurate=("psnr_vs_accurate", "mean"),
+                 lpips_vs_accurate=("lpips_vs_accurate", "mean"), n_images=("image", "count"),
+                 convention=("convention", "first"), device=("device", "first"))
+            .reset_index())
