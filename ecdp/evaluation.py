@@ -197,6 +197,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, *, split
     prov = record(int(seed), dev, checkpoint=str(checkpoint), checkpoint_sha256=ck_sha,
                   training=ck.get("provenance"), speed={**SPEED, **speed})
     summary = {
+        **({"speed": speed} if speed else {}),   # non-default sampling speed settings, in view of the report
         "method": cfg.get("method", "unknown"),
         "variant": variant or cfg.get("method", "unknown"),
         "dataset": str(dataset.meta.get("name", data.name)),
@@ -234,7 +235,14 @@ def write_not_computed(out: str | Path, reason: str, *, variant: str | None = No
 
     from .provenance import record
 
+    import shutil
+
     out = Path(out)
+    # an earlier evaluation's images and per-image records of this folder are of a model
+    # that no longer exists: removed so that nothing (visual grids, resume) reads them
+    for name in ("sr", "crops"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    (out / "progress.jsonl").unlink(missing_ok=True)
     summary = {"variant": variant or "", "dataset": dataset, "split": split, "profile": profile, "seed": int(seed),
                "n_images": 0, "status": "not computed", "reason": reason}
     atomic_write_text(out / "metrics.csv", ",".join(METRIC_COLUMNS) + "\n")
@@ -283,7 +291,10 @@ def run_cli(args) -> int:
     sampler = sampler_option(args.sampler)
     from .training import not_trained_reason
 
-    why = not_trained_reason(args.outcome)
+    try:
+        why = not_trained_reason(args.outcome)
+    except (FileNotFoundError, ValueError) as e:
+        raise CLIError(f"--outcome: {e}") from None
     if why:
         write_not_computed(args.out, why, variant=args.variant, dataset=Path(args.data).name, seed=args.seed,
                            profile=args.profile, split=args.split)

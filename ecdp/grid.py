@@ -373,7 +373,9 @@ class Grid:
         """The training job's record (``ecdp train --outcome``): the output of the train
         rule and the input of every rule that uses the model (``final.pt`` exists only
         when it says trained)."""
-        return str(Path(self.checkpoint(results, cell, seed)).parent / "outcome.json")
+        from .training import OUTCOME
+
+        return str(Path(self.checkpoint(results, cell, seed)).parent / OUTCOME)
 
     def training_seeds(self, cell: Cell) -> list[int]:
         """The seeds the training job of ``cell`` runs: those of every cell sharing it,

@@ -210,7 +210,10 @@ def run_cli(args) -> int:
             raise CLIError(f"--out {e}") from None
     from .training import not_trained_reason
 
-    why = not_trained_reason(args.outcome)
+    try:
+        why = not_trained_reason(args.outcome)
+    except (FileNotFoundError, ValueError) as e:
+        raise CLIError(f"--outcome: {e}") from None
     if why:
         text = write_rows([], args.out)
         print(f"{args.checkpoint}: not timed ({why})" + (f" -> {args.out}" if args.out else "\n" + text))

@@ -147,16 +147,28 @@ def write_outcome(path: str | Path, status: str, reason: str = "", **extra) -> N
 
 
 def read_outcome(path: str | Path) -> dict:
-    """``{"status": "trained" | "diverged", "reason": str}``; a missing file (a run
-    trained by hand, without ``--outcome``) is ``trained`` if ``final.pt`` is beside it."""
+    """``{"status": "trained" | "diverged", "reason": str}``.  A missing file is a run
+    trained by hand (without ``--outcome``) when ``final.pt`` is beside it, else
+    ``FileNotFoundError``: a missing record never counts as a failed training.  A record
+    that says trained without its ``final.pt``, or that cannot be read, is ``ValueError``
+    (one line each)."""
     path = Path(path)
+    final = path.parent / "final.pt"
     if not path.exists():
-        trained = (path.parent / "final.pt").exists()
-        return {"status": "trained" if trained else "missing",
-                "reason": "" if trained else f"neither {path} nor {path.parent / 'final.pt'} exists"}
-    rec = json.loads(path.read_text())
-    if rec.get("status") not in ("trained", "diverged"):
-        raise ValueError(f"{path}: unknown training outcome {rec.get('status')!r}")
+        if final.exists():
+            return {"status": "trained", "reason": ""}
+        raise FileNotFoundError(f"neither {path} nor {final} exists: train the cell first")
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a readable training outcome ({e.__class__.__name__}); delete it and "
+                         "train again") from None
+    if not isinstance(rec, dict) or rec.get("status") not in ("trained", "diverged"):
+        status = rec.get("status") if isinstance(rec, dict) else rec
+        raise ValueError(f"{path}: unknown training outcome {status!r}")
+    if rec["status"] == "trained" and not final.exists():
+        raise ValueError(f"{path} says trained but {final} is missing: delete {path.name} and train again "
+                         "(snakemake --forcerun train)")
     return rec
 
 
@@ -570,16 +582,24 @@ def run_cli(args) -> int:
     if args.nproc < 1:
         raise CLIError(f"--nproc must be >= 1, got {args.nproc}")
     if args.nproc > 1 and world.size == 1:
+        if args.outcome:
+            Path(args.outcome).unlink(missing_ok=True)
         rc = launch(_argv(args), args.nproc)
         if rc:
             raise CLIError(f"training with {args.nproc} processes failed (exit code {rc}; the failing rank's "
                            "error is above)")
         return 0
     if args.outcome:
-        Path(args.outcome).unlink(missing_ok=True)   # a stale record never outlives a new attempt
+        if world.main:   # a stale record never outlives a new attempt (one process touches it)
+            Path(args.outcome).unlink(missing_ok=True)
         base = Path(args.init_from).parent.parent / OUTCOME if args.init_from else None
-        why = not_trained_reason(base) if base is not None and not Path(args.init_from).exists() else None
-        if why:   # the run this one starts from has no model: neither has this one
+        why = None
+        if base is not None and not Path(args.init_from).exists() and base.exists():
+            try:
+                why = not_trained_reason(base)
+            except (FileNotFoundError, ValueError) as e:
+                raise CLIError(str(e)) from None
+        if why:   # the run this one starts from diverged: this one has no model either
             if world.main:
                 write_outcome(args.outcome, "diverged", f"starts from {args.init_from}, whose {why}")
                 print(f"not trained: starts from a run that has no model ({why}); recorded in {args.outcome}")

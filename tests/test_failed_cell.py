@@ -61,6 +61,25 @@ def test_diverged_training_is_recorded(tmp_path, tiny_data, capsys):
     assert list(csv.DictReader(t.open())) == []
 
 
+def test_missing_or_bad_records_are_errors(tmp_path, tiny_data, capsys):
+    """A missing record never counts as a failed training; a damaged one is one line."""
+    run = tmp_path / "typo" / "train"
+    with pytest.raises(FileNotFoundError, match="train the cell first"):
+        not_trained_reason(run / "outcome.json")
+    for cmd in (["evaluate", "--checkpoint", str(run / "final.pt"), "--outcome", str(run / "outcome.json"),
+                 "--data", str(tiny_data / "tiny4x"), "--out", str(tmp_path / "ev")],
+                ["time", "--checkpoint", str(run / "final.pt"), "--outcome", str(run / "outcome.json")]):
+        assert main(cmd) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "train the cell first" in err[0]
+    assert not (tmp_path / "ev").exists()
+    run.mkdir(parents=True)
+    (run / "outcome.json").write_text("{not json")
+    assert main(cmd) == 2 and "not a readable training outcome" in capsys.readouterr().err
+    (run / "outcome.json").write_text(json.dumps({"status": "trained"}))   # but no final.pt
+    assert main(cmd) == 2 and "says trained but" in capsys.readouterr().err
+
+
 def test_trained_outcome(tmp_path, tiny_data):
     cfg = _config(tmp_path, tiny_data, 1e-3)
     out = tmp_path / "run"

@@ -114,7 +114,8 @@ def test_sampler_presets(tiny_ckpt, tmp_path, capsys):
     row = next(csv.DictReader(out.open()))
     fast = cls.SAMPLER_PRESETS["fast"]
     assert json.loads(row["sampler_options"]) == fast and int(row["nfe"]) == fast["steps"]
-    assert cls.SAMPLER_PRESETS["paper"] == {"name": "ode", "method": "dopri5", "atol": 1e-4, "rtol": 1e-4}
+    assert cls.SAMPLER_PRESETS["paper"] == {"name": "ode", "method": "dopri5", "atol": 1e-4, "rtol": 1e-4,
+                                            "state": "normalized"}
     rc = main(["time", "--checkpoint", str(tiny_ckpt), "--size", "4", "--sampler", "quick"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "not a sampler preset of ECDP (presets: fast, paper)" in err[0]

@@ -328,10 +328,10 @@ def tiny_run(tmp_path_factory, weights_dir):
         if "(100%) done" not in log.read_text():
             break
     killed_log = log.read_text()
-    # the training jobs Snakemake saw finish before the interrupt (a final.pt written by a
-    # job that was interrupted before Snakemake registered it is rightly recomputed)
-    done = [(work / p).parent / "final.pt" for p in finished_outputs(killed_log, "train")
-            if p.endswith("outcome.json")]
+    # the training jobs Snakemake saw finish before the interrupt (an outcome written by a
+    # job that was interrupted before Snakemake registered it is rightly recomputed); every
+    # rerun of a training job rewrites its outcome.json, so its mtime tells
+    done = [work / p for p in finished_outputs(killed_log, "train") if p.endswith("outcome.json")]
     mtimes = {str(p): os.stat(p).st_mtime_ns for p in done}
     finished_first = re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", killed_log)
     second = subprocess.run(args, capture_output=True, text=True, cwd=work, timeout=1500, env=env)

@@ -250,10 +250,10 @@ class Context:
         return self.dataset(self.study_datasets.get(table, TABLES[table]["dataset"]))
 
     def missing_reason(self, study: str, dataset: str, variant: str) -> str:
-        if (dataset, variant) in self.failed:
-            return f"not computed: {self.failed[dataset, variant]}"
         if self.known_grid and (dataset, variant) not in self.planned.get(study, set()):
             return "not in this profile"
+        if (dataset, variant) in self.failed:
+            return f"not computed: {self.failed[dataset, variant]}"
         if self.known_grid:
             return "no result: planned but not finished (see results/logs)"
         return "no result found"
