@@ -167,8 +167,7 @@ def read_outcome(path: str | Path) -> dict:
         status = rec.get("status") if isinstance(rec, dict) else rec
         raise ValueError(f"{path}: unknown training outcome {status!r}")
     if rec["status"] == "trained" and not final.exists():
-        raise ValueError(f"{path} says trained but {final} is missing: delete {path.name} and train again "
-                         "(snakemake --forcerun train)")
+        raise ValueError(f"{path} says trained but {final} is missing: delete {path.name} and train again")
     return rec
 
 
