@@ -3,6 +3,34 @@
 
 PREPARE = {d["name"]: d for d in config["datasets"].values()}
 
+# The rehearsal's archives (config/rehearsal.yaml `fixture_archives: FOLDER`; absent from
+# the paper and default profiles): rule fixture_archives builds the official-layout
+# fixture archives into FOLDER and writes the config's `data_sources` for them (file://
+# URLs, checksums), and every prepare_dataset job waits for that file.
+FIXTURES = config.get("fixture_archives")
+if FIXTURES and not config.get("data_sources"):
+    raise WorkflowError("fixture_archives needs data_sources: the sources file the rule writes for them")
+
+
+if FIXTURES:
+
+    localrules: fixture_archives
+
+    rule fixture_archives:
+        """REHEARSAL only: small archives with the official names and layouts (ecdp/data/fixtures.py) and their sources file."""
+        output:
+            sources=config["data_sources"],
+        log:
+            f"{RESULTS}/logs/data/fixture_archives.log",
+        benchmark:
+            f"{RESULTS}/logs/benchmarks/fixtures/archives.tsv"
+        conda:
+            ENV
+        params:
+            folder=FIXTURES,
+        script:
+            "../scripts/fixture_archives.py"
+
 
 rule prepare_embedded:
     """The offline stand-ins (embedded-div2k, -imagenet, -celeba) from pip-wheel photos, sha256-verified."""
@@ -25,6 +53,8 @@ rule prepare_embedded:
 
 rule prepare_dataset:
     """One registry dataset (div2k, imagenet, celeba, ...): download, verify, extract, degrade."""
+    input:
+        [config["data_sources"]] if FIXTURES else [],
     output:
         f"{DATA}/{{dataset}}/.complete",
     wildcard_constraints:
