@@ -2,14 +2,16 @@
 
     snakemake --cores all                                   # embedded profile (config/default.yaml)
     snakemake --cores all --configfile config/paper.yaml    # the paper's protocol (GPUs)
+    snakemake --cores all --configfile config/rehearsal.yaml   # the paper DAG on CPU, sizes shrunk, fixture archives
     snakemake --profile workflow/profiles/slurm --configfile config/paper.yaml   # on SLURM
     snakemake -n results/runs/embedded-div2k/ecdp-hybrid-c1.0/seed0/metrics.csv  # one cell
 
-Stages, one rule file each (workflow/rules/): data (prepare datasets), weights (LPIPS /
-VGG weights), train (`ecdp train`, one job per distinct training config), evaluate
-(`ecdp evaluate`, one job per cell and seed), time (Table 3 with `ecdp time`), samplers
-(the sampler study), aggregate (`ecdp report`: tables, figures, README, run metadata).
-What their inputs and commands are computed from is in workflow/rules/common.smk.
+Stages, one rule file each (workflow/rules/): data (prepare datasets; in the rehearsal
+profile first its fixture archives), weights (LPIPS / VGG weights), train (`ecdp
+train`, one job per distinct training config), evaluate (`ecdp evaluate`, one job per
+cell and seed), time (Table 3 with `ecdp time`), samplers (the sampler study),
+aggregate (`ecdp report`: tables, figures, README, run metadata). What their inputs
+and commands are computed from is in workflow/rules/common.smk.
 
 The grid (which datasets x variants x seeds, which cells share a training job) is
 built by ecdp/grid.py from the config; `ecdp report` reads the same grid.

@@ -1,5 +1,6 @@
-"""Resumable checksummed downloads, safe extraction and a full ``prepare`` of a
-DIV2K-shaped registry entry, all against an HTTP server on 127.0.0.1."""
+"""Resumable checksummed downloads (from an HTTP server on 127.0.0.1, and ``file://``
+URLs of a local mirror), safe extraction and a full ``prepare`` of a DIV2K-shaped
+registry entry against the HTTP server."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ecdp.data.download import ChecksumError, DownloadError, confirm_url_from_page, download, gdrive_url
+from ecdp.data.download import ChecksumError, DownloadError, confirm_url_from_page, download, gdrive_url, local_path
 from ecdp.data.extract import MARKER, UnsafeArchiveError, extract
 from ecdp.data.fixtures import tar_bytes, zip_bytes
 from ecdp.data.prepare import prepare
@@ -95,6 +96,47 @@ def test_http_404_fails_without_retry(server, tmp_path):
     with pytest.raises(DownloadError, match="404"):
         download(server.url + "/missing", tmp_path / "m", retries=3, backoff=0, progress=False)
     assert len(server.requests) == 1
+
+
+# ---------------------------------------------------------------- file:// (a local mirror)
+def test_file_url_is_linked_or_copied_verified_and_atomic(tmp_path, monkeypatch):
+    mirror = tmp_path / "my mirror"                      # a space: Path.as_uri percent-escapes it
+    mirror.mkdir()
+    (mirror / "f.bin").write_bytes(PAYLOAD)
+    url = (mirror / "f.bin").as_uri()
+    assert local_path(url) == mirror / "f.bin" and local_path("http://x/f.bin") is None
+    dest = download(url, tmp_path / "dl" / "f.bin", sha256=sha(PAYLOAD), size=len(PAYLOAD), progress=False)
+    assert dest.read_bytes() == PAYLOAD and not (tmp_path / "dl" / "f.bin.part").exists()
+    assert download(url, dest, sha256=sha(PAYLOAD), progress=False) == dest      # present and verified: a no-op
+    # where no hard link can be made (another file system): a copy
+    monkeypatch.setattr(os, "link", lambda *a: (_ for _ in ()).throw(OSError(18, "Invalid cross-device link")))
+    copy = download(url, tmp_path / "dl2" / "f.bin", md5=hashlib.md5(PAYLOAD).hexdigest(), progress=False)
+    assert copy.read_bytes() == PAYLOAD and not copy.samefile(mirror / "f.bin")
+    assert (mirror / "f.bin").read_bytes() == PAYLOAD
+
+
+def test_file_url_with_wrong_checksum_is_refused_and_the_source_kept(tmp_path):
+    (tmp_path / "g.bin").write_bytes(PAYLOAD)
+    dest = tmp_path / "dl" / "g.bin"
+    with pytest.raises(ChecksumError, match="sha256"):
+        download((tmp_path / "g.bin").as_uri(), dest, sha256=sha(b"other"), progress=False)
+    assert not dest.exists() and not (tmp_path / "dl" / "g.bin.part").exists()
+    assert (tmp_path / "g.bin").read_bytes() == PAYLOAD                          # the mirror is untouched
+
+
+@pytest.mark.parametrize("make_url, message", [
+    (lambda d: (d / "missing.bin").as_uri(), "no such file"),
+    (lambda d: d.as_uri(), "not a regular file"),
+    (lambda d: "file://otherhost" + str(d / "h.bin"), "must name a local path"),
+    (lambda d: (d / "h.bin").as_uri() + "?x=1", "query or fragment"),
+])
+def test_bad_file_url_is_a_one_line_error_at_once(tmp_path, make_url, message):
+    (tmp_path / "h.bin").write_bytes(PAYLOAD)
+    url = make_url(tmp_path)
+    with pytest.raises(DownloadError) as err:
+        download(url, tmp_path / "dl" / "h.bin", sha256=sha(PAYLOAD), retries=3, backoff=100, progress=False)
+    assert message in str(err.value) and "\n" not in str(err.value) and str(err.value).startswith(url)
+    assert not (tmp_path / "dl" / "h.bin").exists() and not (tmp_path / "dl" / "h.bin.part").exists()
 
 
 def test_google_drive_url_and_confirm_page():

@@ -1,6 +1,7 @@
 """The real registry entries and the real ``ecdp data prepare`` on archives with the
-official names and layouts (ecdp.data.fixtures), served on 127.0.0.1 and reached
-through a ``--sources`` override (URL base and checksums, verified): the protocol of
+official names and layouts (ecdp.data.fixtures), served on 127.0.0.1 (or a local
+``file://`` folder) and reached through a ``--sources`` override (URL base and
+checksums, verified): the protocol of
 each dataset is checked on the prepared images, pixel for pixel."""
 from __future__ import annotations
 
@@ -208,6 +209,30 @@ def test_set5_uses_the_shipped_x4_images(archives, hosted, tmp_path, monkeypatch
     assert meta["sigma2"] is None and meta["counts"] == {"train": 0, "test": 5}
 
 
+def test_a_file_mirror_prepares_the_same_dataset(archives, hosted, tmp_path, capsys, no_env_sources):
+    """``base_url: file:///FOLDER/`` (a local mirror, as the rehearsal's fixture rule writes
+    it): the same prepared images as over HTTP, checksums verified; a missing archive is a
+    one-line error at once."""
+    _, http_sources, _ = hosted
+    mirror = tmp_path / "mirror"
+    fixtures.write_archives(mirror, {"benchmark.tar": archives["benchmark.tar"]})
+    sources = fixtures.write_sources(tmp_path / "file.json", fixtures.sources_for(archives, mirror.as_uri() + "/"))
+    assert prepare_cli("set14", tmp_path / "a", sources) == 0
+    assert prepare_cli("set14", tmp_path / "b", http_sources) == 0
+    for split in ("test/HR", "test/LR"):
+        got, want = images(tmp_path / "a/set14" / split), images(tmp_path / "b/set14" / split)
+        assert sorted(got) == sorted(want) == ["baboon", "comic"]
+        assert all(torch.equal(got[k], want[k]) for k in got)
+    meta = json.loads((tmp_path / "a/set14/meta.json").read_text())
+    assert [s["url"] for s in meta["sources"]] == [mirror.as_uri() + "/benchmark.tar"]
+    capsys.readouterr()
+    (mirror / "benchmark.tar").unlink()
+    assert prepare_cli("set5", tmp_path / "c", sources) == 2
+    err = one_line_error(capsys)
+    assert err.startswith("ecdp data: error: set5: file://") and err.endswith("benchmark.tar: no such file") and "benchmark.tar" in err
+    assert not (tmp_path / "c/set5").exists()
+
+
 # ---------------------------------------------------------------- the override itself
 def _edited(sources: Path, tmp_path: Path, edit) -> Path:
     data = json.loads(sources.read_text())
@@ -270,6 +295,7 @@ def test_with_sources_is_pure_and_keeps_what_is_not_overridden():
 
 @pytest.mark.parametrize("sources, message", [
     ({"base_url": "ftp://x/"}, "base_url must be an http(s) URL"),
+    ({"base_url": "file://host/x/"}, "or a local file:/// folder"),
     ({"mirror": "http://x/"}, "unknown key(s) ['mirror']"),
     ({"files": {"benchmark.tar": {"size": 3}}}, "needs sha256 or md5"),
     ({"files": {"benchmark.tar": {"md5": "xyz"}}}, "not a hex md5 digest"),

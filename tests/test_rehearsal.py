@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,7 @@ SCRIPT = ROOT / "workflow" / "scripts" / "rehearse.py"
 #: the only keys (dotted paths; a path covers everything below it) where the rehearsal
 #: config may differ from the paper config, each with a REHEARSAL comment there
 CHANGED = {
-    "profile", "profile_label", "device", "data_root", "data_sources", "results", "weights.offline",
+    "profile", "profile_label", "device", "data_root", "data_sources", "fixture_archives", "results", "weights.offline",
     "resources.gpu", "resources.threads", "resources.mem_mb", "resources.runtime", "evaluation.limit",
     "datasets.div2k.set.data", "datasets.imagenet.prepare_args", "datasets.imagenet.set.data",
     "datasets.celeba.set.data",
@@ -134,13 +135,46 @@ def test_dry_run_lists_every_rule_of_the_paper_dag(tmp_path):
 
     if shutil.which("snakemake") is None:
         pytest.skip("snakemake is not installed")
-    out, counts = dry_run(tmp_path, "--configfile", str(ROOT / "config" / "rehearsal.yaml"))
+    out, counts = dry_run(tmp_path, "-p", "--configfile", str(ROOT / "config" / "rehearsal.yaml"))
     paper = dry_run(tmp_path, "--configfile", str(ROOT / "config" / "paper.yaml"))[1]
+    # the paper DAG, and before it the rehearsal's own rule: the fixture archives and their sources file
+    assert counts.pop("fixture_archives") == 1 and counts["total"] == paper["total"] + 1
+    counts["total"] -= 1
     assert counts == paper, "the rehearsal DAG is the paper DAG"
+    assert "fixture_archives" not in paper
     for rule in rehearse_module().PAPER_RULES:
         assert counts.get(rule, 0) >= 1, rule
     assert "--device cpu" in out and "gpu=" not in out and "--sources data-rehearsal/_sources/sources.json" in out
     assert "results/rehearsal/run/tables/table1.md" in out and " data/" not in out
+    # every prepare_dataset job waits for the sources file the fixture rule writes
+    jobs = re.split(r"\n(?=\S*rule \w+:)", out)
+    fixture = [j for j in jobs if re.match(r"\S*rule fixture_archives:", j)]
+    assert len(fixture) == 1 and "output: data-rehearsal/_sources/sources.json" in fixture[0]
+    prepare = [j for j in jobs if re.match(r"\S*rule prepare_dataset:", j)]
+    assert len(prepare) == 3 and all("input: data-rehearsal/_sources/sources.json" in j for j in prepare)
+
+
+@pytest.mark.slow
+def test_rehearsal_prepares_its_datasets_from_a_fresh_folder(tmp_path):
+    """``snakemake --configfile config/rehearsal.yaml`` alone, in an empty folder, as far as
+    the prepared datasets: the fixture rule writes the archives and their file:// sources,
+    and the real ``ecdp data prepare`` verifies and prepares DIV2K, ImageNet and CelebA."""
+    from test_workflow import snakemake
+
+    if shutil.which("snakemake") is None:
+        pytest.skip("snakemake is not installed")
+    targets = [f"data-rehearsal/{d}/.complete" for d in ("div2k", "imagenet", "celeba")]
+    res = snakemake(tmp_path, "--cores", "2", *targets, "--configfile", str(ROOT / "config" / "rehearsal.yaml"))
+    assert "Finished jobid" in res.stdout + res.stderr
+    sources = json.loads((tmp_path / "data-rehearsal/_sources/sources.json").read_text())
+    assert sources["base_url"] == (tmp_path / "data-rehearsal/_sources").resolve().as_uri() + "/"
+    assert {"DIV2K_train_HR.zip", "Flickr2K.tar", "img_align_celeba.zip", "ILSVRC2012_img_val.tar"} <= set(sources["files"])
+    for d in ("div2k", "imagenet", "celeba"):
+        meta = json.loads((tmp_path / "data-rehearsal" / d / "meta.json").read_text())
+        assert meta["counts"]["train"] > 0 and meta["counts"]["test"] > 0, d
+        urls = [s["url"] for s in meta["sources"] if "url" in s]
+        assert all(u.startswith(sources["base_url"]) for u in urls), (d, urls)
+    assert (tmp_path / "results/rehearsal/run/logs/benchmarks/fixtures/archives.tsv").exists()
 
 
 @pytest.mark.slow
@@ -157,7 +191,8 @@ def test_reduced_rehearsal_runs_every_rule(tmp_path, weights_dir):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:] + (out / "snakemake.log").read_text()[-3000:]
     rep = json.loads((out / "rehearsal.json").read_text())
     assert rep["problems"] == [] and rep["failed"] == {} and rep["snakemake_rc"] == 0
-    for rule in rehearse_module().PAPER_RULES:
+    mod = rehearse_module()
+    for rule in mod.REHEARSAL_RULES + mod.PAPER_RULES:
         assert rep["ran"].get(rule, 0) == rep["expected"][rule] >= 1, rule
     kinds = {s["kind"] for r in rep["training"] for s in r["stages"].values()}
     assert kinds >= {"pretrain", "score", "quality"}
@@ -180,7 +215,8 @@ def test_fresh_paths_stay_inside_the_working_directory(tmp_path):
     cfg = mod.reduce_config(load("rehearsal"))
     paths = mod.fresh_paths(tmp_path, cfg)
     assert tmp_path / "results/rehearsal/run" in paths and tmp_path / "data-rehearsal/div2k" in paths
-    assert tmp_path / "data-rehearsal/_sources" not in paths
+    # the fixture archives and their sources file: the rule rebuilds them, so that it runs too
+    assert tmp_path / "data-rehearsal/_sources" in paths and tmp_path / "data-rehearsal/_sources/sources.json" in paths
     with pytest.raises(ValueError, match="not inside the working directory"):
         mod.fresh_paths(tmp_path, {**cfg, "results": "/elsewhere"})
 

@@ -173,6 +173,8 @@ def _write(tmp_path: Path, cfg: dict) -> Path:
     (lambda c: c["methods"]["ecdp"]["set"].update(smapler={}), "unknown config key 'smapler'"),
     # the sampler study's HR crop must be big enough for LPIPS-Alex (found by the rehearsal, issue 13)
     (lambda c: c["studies"]["samplers"].update(lr_crop=4), "studies.samplers.lr_crop: 4 x scale 4 = 16 px"),
+    # the rehearsal's fixture archives are reached through the sources file the rule writes
+    (lambda c: c.update(fixture_archives="data/_sources"), "fixture_archives needs data_sources"),
 ])
 def test_invalid_config_fails_with_schema_message(tmp_path, mutate, message):
     cfg = yaml.safe_load((ROOT / "config" / "default.yaml").read_text())

@@ -7,6 +7,10 @@ left off (HTTP ``Range``); a server that ignores ``Range`` (answers 200) restart
 from byte 0.  Connection errors are retried with exponential back-off.  A file
 whose checksum is wrong is deleted and :class:`ChecksumError` raised.
 
+A ``file://`` URL (a local mirror of the archives, or the rehearsal's fixture archives)
+goes the same way: hard-linked (or copied) to ``dest.part``, verified, renamed; a
+missing source is a one-line :class:`DownloadError` at once (nothing to retry).
+
 Google Drive (CelebA's official host) needs an id-based URL and, for large files,
 a "can't scan for viruses" confirm page: :func:`gdrive_url` and
 :func:`confirm_url_from_page` handle both (best effort: Google changes this page
@@ -21,6 +25,7 @@ import http.client
 import os
 import re
 import socket
+import stat
 import time
 import urllib.error
 import urllib.parse
@@ -30,7 +35,7 @@ from pathlib import Path
 
 from ..progress import bar as tqdm
 
-__all__ = ["download", "verify_file", "file_digest", "gdrive_url", "confirm_url_from_page",
+__all__ = ["download", "local_path", "verify_file", "file_digest", "gdrive_url", "confirm_url_from_page",
            "DownloadError", "ChecksumError", "file_lock"]
 
 CHUNK = 1 << 20
@@ -191,6 +196,56 @@ def _transfer_once(opener, url: str, part: Path, size: int | None, timeout: floa
     return url
 
 
+def local_path(url: str) -> Path | None:
+    """The local file a ``file://`` URL names (None for any other scheme).  Only local
+    absolute paths: ``file:///PATH`` or ``file://localhost/PATH``, no query or fragment;
+    percent-escapes are decoded (``Path.as_uri`` writes them)."""
+    parts = urllib.parse.urlparse(url)
+    if parts.scheme.lower() != "file":
+        return None
+    if parts.netloc not in ("", "localhost"):
+        raise DownloadError(f"{url}: a file URL must name a local path (file:///PATH), not host {parts.netloc!r}")
+    if parts.query or parts.fragment or parts.params:
+        raise DownloadError(f"{url}: a file URL must not have a query or fragment")
+    path = Path(urllib.request.url2pathname(parts.path))
+    if not path.is_absolute():
+        raise DownloadError(f"{url}: a file URL must name an absolute path")
+    return path
+
+
+def _copy_local(url: str, src: Path, part: Path, progress: bool, desc: str) -> None:
+    """Put the regular file ``src`` at ``part``: a hard link where the file system
+    allows one (a 20 GB mirror file is not duplicated; nothing here ever writes to
+    ``part`` or ``dest``), else a copy from byte 0."""
+    try:
+        st = src.stat()
+    except FileNotFoundError:
+        raise DownloadError(f"{url}: no such file") from None
+    except OSError as e:
+        raise DownloadError(f"{url}: cannot read it: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise DownloadError(f"{url}: not a regular file")
+    part.unlink(missing_ok=True)
+    try:
+        os.link(src, part)
+        return
+    except OSError:           # another file system, or links not permitted: copy
+        pass
+    try:
+        with open(src, "rb") as fin, open(part, "wb") as fout, tqdm(
+                total=st.st_size, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
+                disable=not progress, leave=False) as bar:
+            while True:
+                block = fin.read(CHUNK)
+                if not block:
+                    break
+                fout.write(block)
+                bar.update(len(block))
+    except OSError as e:
+        part.unlink(missing_ok=True)
+        raise DownloadError(f"{url}: cannot copy it: {e.strerror or e}") from None
+
+
 def download(url: str, dest: str | os.PathLike, sha256: str | None = None, md5: str | None = None,
              size: int | None = None, retries: int = 5, backoff: float = 2.0, timeout: float = 60.0,
              progress: bool = True) -> Path:
@@ -203,7 +258,9 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None, md5: 
     * connection errors, short reads and HTTP 5xx/429 are retried ``retries`` times,
       sleeping ``backoff * 2**k`` seconds; other HTTP errors fail at once;
     * when complete, size / sha256 / md5 are checked BEFORE the rename to ``dest``; a
-      mismatch deletes the partial and raises :class:`ChecksumError`.
+      mismatch deletes the partial and raises :class:`ChecksumError`;
+    * a ``file://`` URL (:func:`local_path`) is hard-linked or copied to ``dest.part``,
+      then verified and renamed the same way; a missing source fails at once.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -216,9 +273,12 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None, md5: 
             except ChecksumError as e:
                 print(f"warning: {e}; downloading it again", flush=True)
                 dest.unlink()
+        src = local_path(url)
         opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
         attempt, current = 0, url
-        while True:
+        if src is not None:
+            _copy_local(url, src, part, progress, dest.name)
+        while src is None:
             try:
                 nxt = _transfer_once(opener, current, part, size, timeout, progress, dest.name)
                 if nxt != current:             # Google Drive confirm page: follow it

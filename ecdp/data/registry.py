@@ -16,6 +16,7 @@ entries here are never edited; :func:`with_sources` returns an entry whose files
 from elsewhere, with other checksums, from a YAML or JSON file such as::
 
     base_url: http://127.0.0.1:8000/     # replaces each URL's host and path; the filename is kept
+                                         # (or file:///mnt/mirror/: a local folder of the files)
     files:                               # optional, per filename: replaces size / sha256 / md5
       DIV2K_train_HR.zip: {size: 1234, sha256: "...", md5: "..."}
       ILSVRC2012_img_train.tar: {size: 5678, md5: "..."}   # user files: md5 and size only
@@ -295,8 +296,8 @@ def check_sources(sources: Any, where: str = "sources") -> dict:
     if unknown:
         raise SourcesError(f"{where}: unknown key(s) {sorted(unknown)}; known: base_url, files")
     base = sources.get("base_url")
-    if base is not None and not (isinstance(base, str) and re.match(r"^https?://[^/]", base)):
-        raise SourcesError(f"{where}: base_url must be an http(s) URL, got {base!r}")
+    if base is not None and not (isinstance(base, str) and re.match(r"^(https?://[^/]|file:///|file://localhost/)", base)):
+        raise SourcesError(f"{where}: base_url must be an http(s) URL or a local file:/// folder, got {base!r}")
     files = sources.get("files") or {}
     if not isinstance(files, dict):
         raise SourcesError(f"{where}: files must map filenames to {{size, sha256, md5}}")

@@ -6,6 +6,17 @@
 
 #: the prepared datasets of the config by folder name (the {dataset} wildcard)
 PREPARE = {d["name"]: d for d in config["datasets"].values()}
+
+# The rehearsal's archives (config/rehearsal.yaml `fixture_archives: FOLDER`; absent from
+# the paper and default profiles): rule fixture_archives (data.smk) builds the
+# official-layout fixture archives into FOLDER and writes the config's `data_sources`
+# for them (file:// URLs, checksums), and every prepare_dataset job waits for that file.
+FIXTURES = config.get("fixture_archives")
+if FIXTURES and not config.get("data_sources"):
+    raise WorkflowError("fixture_archives needs data_sources: the sources file the rule writes for them")
+if FIXTURES and Path(config["data_sources"]).parent != Path(FIXTURES):
+    raise WorkflowError(f"data_sources ({config['data_sources']}) must be a file in fixture_archives ({FIXTURES}): "
+                        "the sources file lies beside the archives it names")
 #: the flag file the weights job leaves: weights folder filled for this results folder
 WEIGHTS_OK = f"{RESULTS}/logs/weights.ok"
 #: the Table 3 study and the sampler study of the config (None when absent)

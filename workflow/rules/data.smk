@@ -2,6 +2,26 @@
 # A dataset is ready when DATA/<name>/.complete exists (written last by `prepare`).
 
 
+if FIXTURES:
+
+    localrules: fixture_archives
+
+    rule fixture_archives:
+        """REHEARSAL only: small archives with the official names and layouts (ecdp/data/fixtures.py) and their sources file."""
+        output:
+            sources=config["data_sources"],
+        log:
+            f"{RESULTS}/logs/data/fixture_archives.log",
+        benchmark:
+            f"{RESULTS}/logs/benchmarks/fixtures/archives.tsv"
+        conda:
+            ENV
+        params:
+            folder=lambda wc, output: str(Path(output.sources).parent),   # = fixture_archives (common.smk)
+        script:
+            "../scripts/fixture_archives.py"
+
+
 rule prepare_embedded:
     """The offline stand-ins (embedded-div2k, -imagenet, -celeba) from pip-wheel photos, sha256-verified."""
     output:
@@ -23,6 +43,8 @@ rule prepare_embedded:
 
 rule prepare_dataset:
     """One registry dataset (div2k, imagenet, celeba, ...): download, verify, extract, degrade."""
+    input:
+        [config["data_sources"]] if FIXTURES else [],
     output:
         f"{DATA}/{{dataset}}/.complete",
     wildcard_constraints:

@@ -4,12 +4,15 @@ machine, on small archives with the official names and layouts, and a report.
     python3 workflow/scripts/rehearse.py             # the whole paper DAG -> results/rehearsal/
     python3 workflow/scripts/rehearse.py --reduced   # DIV2K only, every rule kind -> results/rehearsal-reduced/
 
-Steps: build the fixture archives (ecdp.data.fixtures) into DATA/_sources, serve them on
-127.0.0.1 (a thread of this process), write the sources file the config's
-``data_sources`` names, run ``snakemake --cores all --configfile config/rehearsal.yaml``
-(``--reduced``: the config narrowed by :func:`reduce_config`), then ``--report``, then
-build what the CPU cannot train (SR3's 634M-parameter ImageNet U-Net) and run one
-forward pass of it, and write OUT/rehearsal.json and OUT/REPORT.md: which rules ran
+``snakemake --cores all --configfile config/rehearsal.yaml`` alone runs the same DAG (its
+rule fixture_archives builds the official-layout archives of ecdp.data.fixtures into
+DATA/_sources and writes the ``data_sources`` file of file:// URLs and checksums that
+the real ``ecdp data prepare`` reads; workflow/scripts/fixture_archives.py); this script
+adds a fresh start and the report.  Steps: remove what an earlier rehearsal left
+(:func:`fresh_paths`), write the config (``--reduced``: narrowed by :func:`reduce_config`;
+results in OUT/run), run ``snakemake --cores all --configfile OUT/rehearsal.yaml``, then
+``--report``, then build what the CPU cannot train (SR3's 634M-parameter ImageNet
+U-Net) and run one forward pass of it, and write OUT/rehearsal.json and OUT/REPORT.md: which rules ran
 (counts, from Snakemake's log and the benchmark TSVs), each trained network's parameter
 count, seconds per training step and per NFE on this CPU, peak memory (max_rss) per
 rule, total wall time, the git commit, and what did not run on CPU and why.
@@ -39,11 +42,13 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "config" / "rehearsal.yaml"
 #: every rule of the paper DAG (rule all is Snakemake's target, not a job of its own)
 PAPER_RULES = ("prepare_dataset", "fetch_weights", "train", "evaluate", "time_table3", "sampler_study", "aggregate")
+#: the rehearsal's own rules, before the paper DAG's (config `fixture_archives`)
+REHEARSAL_RULES = ("fixture_archives",)
 #: the training stage kinds the paper DAG runs (ECDP: all three; quality through odeint_adjoint)
 STAGE_KINDS = ("pretrain", "score", "quality")
 #: benchmark folder (RESULTS/logs/benchmarks/<folder>/...) -> rule
-BENCH_RULES = {"prepare": "prepare_dataset", "weights": "fetch_weights", "train": "train", "evaluate": "evaluate",
-               "time": "time_table3", "samplers": "sampler_study"}
+BENCH_RULES = {"fixtures": "fixture_archives", "prepare": "prepare_dataset", "weights": "fetch_weights",
+               "train": "train", "evaluate": "evaluate", "time": "time_table3", "samplers": "sampler_study"}
 #: the networks the rehearsal builds but does not train (config/rehearsal.yaml says why)
 FORWARD_ONLY = {"sr3-imagenet": {"method": "sr3", "lr_size": 16, "scale": 4, "why": (
     "SR3's ImageNet U-Net (633.99M parameters): training it needs ~10 GB for its fp32 weights, gradients, Adam "
@@ -121,27 +126,15 @@ def narrow_claim(claim: dict, datasets: set, variants: set) -> dict | None:
     return c
 
 
-# ------------------------------------------------------------------ fixtures
-def serve_fixtures(data_root: Path, sources_path: Path):
-    """Build the official-layout archives into DATA/_sources (ILSVRC2012 tarballs are
-    user files, read from there), serve them and write the sources file; returns the
-    running :class:`ecdp.data.fixtures.Server`."""
-    from ecdp.data import fixtures
-
-    archives = fixtures.build_archives()
-    fixtures.write_archives(data_root / "_sources", archives)
-    server = fixtures.Server().add(archives)
-    fixtures.write_sources(sources_path, fixtures.sources_for(archives, server.base_url))
-    return server
-
-
 # ------------------------------------------------------------------ running
 def fresh_paths(workdir: Path, cfg: dict) -> list[Path]:
     """What a rehearsal removes before it starts, so that every job of the DAG runs:
-    the results folder and the config's prepared datasets and downloads under data_root
-    (each must lie inside ``workdir``)."""
+    the results folder, the config's prepared datasets and downloads under data_root, and
+    the fixture archives with their sources file (each must lie inside ``workdir``)."""
     data = workdir / cfg["data_root"]
     paths = [workdir / cfg["results"], data / "_downloads"] + [data / d["name"] for d in cfg["datasets"].values()]
+    if cfg.get("fixture_archives"):
+        paths += [workdir / cfg["fixture_archives"], workdir / cfg["data_sources"]]
     for path in paths:
         if workdir.resolve() not in path.resolve().parents:
             raise ValueError(f"{path} is not inside the working directory {workdir}")
@@ -326,7 +319,8 @@ def expected_rules(cfg: dict) -> dict:
 
     grid = Grid(cfg, REPO)
     studies = cfg["studies"]
-    return {"prepare_dataset": len(cfg["datasets"]), "fetch_weights": 1,
+    return {"fixture_archives": int(bool(cfg.get("fixture_archives"))), "prepare_dataset": len(cfg["datasets"]),
+            "fetch_weights": 1,
             "train": sum(len(grid.training_seeds(c)) for c in grid.training_cells()),
             "evaluate": len(grid.cell_targets("x")), "time_table3": int(bool(studies.get("table3"))),
             "sampler_study": len(grid.study_seeds("samplers")) if studies.get("samplers") else 0, "aggregate": 1}
@@ -374,12 +368,13 @@ def markdown(rep: dict) -> str:
                        "**problems**: " + "; ".join(rep["problems"])), "",
          "## Rules that ran", "", "| rule | jobs ran | jobs in the DAG | failed | seconds (sum) | peak RSS (MB) |",
          "|---|---:|---:|---:|---:|---:|"]
-    for rule in PAPER_RULES:
+    for rule in REHEARSAL_RULES + PAPER_RULES:
         b = rep["per_rule"].get(rule, {})
         rss = b.get("peak_rss_mb")
         L.append(f"| {rule} | {rep['ran'].get(rule, 0)} | {rep['expected'].get(rule, 0)} | "
                  f"{rep['failed'].get(rule, 0)} | {b.get('seconds', '')} | {'' if rss is None else f'{rss:.0f}'} |")
-    L += ["", "`aggregate` has no benchmark file (a local rule); its count is from Snakemake's log.", "",
+    L += ["", "`fixture_archives` is the rehearsal's own rule (the official-layout archives and their file:// "
+          "sources file); `aggregate` has no benchmark file (a local rule), its count is from Snakemake's log.", "",
           "## Trained networks (CPU)", "", "| run | method | arch | parameters | stage: seconds per step (batch) |",
           "|---|---|---|---:|---|"]
     for r in rep["training"]:
@@ -445,19 +440,16 @@ def main(argv: list[str] | None = None) -> int:
     cfg["results"] = str(out / "run")
     config = out_abs / "rehearsal.yaml"
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    data_root = workdir / cfg["data_root"]
-    sources = workdir / cfg["data_sources"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
     for path in fresh_paths(workdir, cfg):
-        shutil.rmtree(path, ignore_errors=True)
-    server = serve_fixtures(data_root, sources)
-    try:
-        rc, sm_s = run_logged(snakemake_args(config, workdir, args.cores), out_abs / "snakemake.log", workdir, env)
-        if rc == 0 and not args.no_report_html:
-            rc = run_logged(snakemake_args(config, workdir, args.cores) + ["--report", str(out_abs / "report.html")],
-                            out_abs / "snakemake-report.log", workdir, env)[0]
-    finally:
-        server.close()
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    rc, sm_s = run_logged(snakemake_args(config, workdir, args.cores), out_abs / "snakemake.log", workdir, env)
+    if rc == 0 and not args.no_report_html:
+        rc = run_logged(snakemake_args(config, workdir, args.cores) + ["--report", str(out_abs / "report.html")],
+                        out_abs / "snakemake-report.log", workdir, env)[0]
     fwd = forward_checks(env, workdir)
     rep = collect(workdir / cfg["results"], (out_abs / "snakemake.log").read_text(), cfg, fwd)
     rep.update({"reduced": args.reduced, "started": started, "snakemake_rc": rc,
