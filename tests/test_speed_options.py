@@ -10,21 +10,8 @@ import torch
 
 from ecdp import checkpoint as ckpt
 from ecdp.cli import main
-from ecdp.model import ECDP
-from helpers import tiny_config
 
 SAMPLER = {"name": "dpmpp_2m", "steps": 3}
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tiny_data, tmp_path_factory):
-    cfg = tiny_config(tiny_data)
-    torch.manual_seed(0)
-    model = ECDP(cfg, {"scale": 4, "sigma2": 0.01})
-    path = tmp_path_factory.mktemp("ck") / "final.pt"
-    ckpt.save({"format": ckpt.FORMAT, "config": cfg, "meta": {"scale": 4, "sigma2": 0.01},
-               "model": model.state_dict()}, path)
-    return path
 
 
 def _sr(path, **speed):

@@ -5,27 +5,11 @@ import csv
 import json
 
 import pytest
-import torch
 
 from ecdp import checkpoint as ckpt
 from ecdp.cli import main
-from ecdp.model import ECDP
 from ecdp.sampler_study import sampler_study, summarize_sampler_study
 from ecdp.timing import photo_lr, time_sampler
-
-from helpers import tiny_config
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tiny_data, tmp_path_factory):
-    """An untrained tiny ECDP saved as a final checkpoint (timing plumbing only)."""
-    cfg = tiny_config(tiny_data)
-    torch.manual_seed(0)
-    model = ECDP(cfg, {"scale": 4, "sigma2": 0.01})
-    path = tmp_path_factory.mktemp("ck") / "final.pt"
-    ckpt.save({"format": ckpt.FORMAT, "config": cfg, "meta": {"scale": 4, "sigma2": 0.01},
-               "model": model.state_dict()}, path)
-    return path
 
 
 def test_time_sampler(tiny_ckpt):

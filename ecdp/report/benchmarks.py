@@ -128,12 +128,7 @@ def training_throughput_table(data: dict) -> pd.DataFrame:
                      "hr_crop": r.get("patch"), "images_per_s": r.get("batch", 1) * r.get("batches_per_s", math.nan),
                      "seconds_per_step": 1 / r["batches_per_s"] if r.get("batches_per_s") else math.nan,
                      "params": None, "scale": r.get("note"), "device": r.get("device")})
-    df = pd.DataFrame(rows)
-    if df.empty:
-        return df
-    fp32 = df[df["mode"] == "fp32"].set_index("arch")["images_per_s"]
-    df["vs_fp32"] = df.apply(lambda r: r["images_per_s"] / fp32.get(r["arch"], math.nan), axis=1)
-    return df
+    return _vs_fp32(pd.DataFrame(rows), "arch", "images_per_s", "vs_fp32")
 
 
 def sampling_modes_table(data: dict) -> pd.DataFrame:
@@ -144,11 +139,15 @@ def sampling_modes_table(data: dict) -> pd.DataFrame:
                      "seconds_per_image": r["median_s"], "seconds_per_nfe": r["median_s"] / nfe,
                      "params": r.get("params"), "hr_size": r.get("hr_size"), "weights": r.get("weights"),
                      "scale": r.get("scale"), "device": r.get("device")})
-    df = pd.DataFrame(rows)
+    return _vs_fp32(pd.DataFrame(rows), "sampler", "seconds_per_nfe", "per_nfe_vs_fp32")
+
+
+def _vs_fp32(df: pd.DataFrame, by: str, value: str, column: str) -> pd.DataFrame:
+    """``column`` = each row's ``value`` / that of the fp32 row with the same ``by``."""
     if df.empty:
         return df
-    fp32 = df[df["mode"] == "fp32"].set_index("sampler")["seconds_per_nfe"]
-    df["per_nfe_vs_fp32"] = df.apply(lambda r: r["seconds_per_nfe"] / fp32.get(r["sampler"], math.nan), axis=1)
+    fp32 = df[df["mode"] == "fp32"].set_index(by)[value]
+    df[column] = df.apply(lambda r: r[value] / fp32.get(r[by], math.nan), axis=1)
     return df
 
 

@@ -86,15 +86,20 @@ def _num(x):
     return x
 
 
+def _summaries(results: str | Path):
+    """(path, record) of every readable ``runs/<dataset>/<variant>/seed<N>/summary.json``."""
+    for p in sorted(Path(results).glob("runs/*/*/seed*/summary.json")):
+        try:
+            yield p, json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+
+
 def collect_runs(results: str | Path) -> pd.DataFrame:
     """Every ``runs/<dataset>/<variant>/seed<N>/summary.json`` under ``results``, one row
     each; summaries of cells that were not computed are :func:`collect_failures`'."""
     rows = []
-    for p in sorted(Path(results).glob("runs/*/*/seed*/summary.json")):
-        try:
-            s = json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
+    for p, s in _summaries(results):
         if s.get("status", "computed") != "computed":
             continue
         s["hardware"] = (s.pop("provenance", None) or {}).get("hardware")   # run_metadata.json lists them
@@ -110,11 +115,7 @@ def collect_failures(results: str | Path) -> dict[tuple[str, str], str]:
     diverged: ..."), from the summaries ``ecdp evaluate --outcome`` wrote for cells whose
     training has no model (``ecdp.evaluation.write_not_computed``)."""
     out: dict[tuple[str, str], list[str]] = {}
-    for p in sorted(Path(results).glob("runs/*/*/seed*/summary.json")):
-        try:
-            s = json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
+    for p, s in _summaries(results):
         if s.get("status", "computed") != "computed":
             key = (p.parent.parent.parent.name, p.parent.parent.name)
             out.setdefault(key, []).append(f"{p.parent.name.replace('seed', 'seed ')}: {s.get('reason') or s['status']}")
