@@ -112,6 +112,10 @@ def load(path: str | Path, map_location="cpu") -> dict:
         raise ValueError(f"{path}: not a loadable ecdp-bench checkpoint ({e.__class__.__name__}{': ' + first if first else ''})") from None
 
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""Precision name -> autocast dtype (None: no autocast), for training (``train.precision``)
+and sampling (``--precision``)."""
+
 SPEED = {"precision": "fp32", "channels_last": False, "compile": False}
 """Sampling speed settings (``ecdp sr / evaluate / time --precision --channels-last
 --compile``), the test-time counterparts of ``train.precision / channels_last / compile``.
@@ -122,7 +126,7 @@ changes what the tables measure and is only for speed studies."""
 
 def add_speed_args(p) -> None:
     """The ``SPEED`` options of one sampling command."""
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
                    help="autocast the network evaluations (default fp32; fp16 needs CUDA)")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format for the networks and inputs")
     p.add_argument("--compile", action="store_true", help="torch.compile each network of the method")
@@ -139,9 +143,8 @@ def configure_inference(method, device, precision: str = "fp32", channels_last: 
     compiles each child network (``nn.Module.compile``; lazily, on first use), precision
     wraps ``super_resolve`` in autocast and returns the image in fp32.  Defaults: nothing
     changes."""
-    dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if precision not in dtypes:
-        raise ValueError(f"precision: must be one of {', '.join(dtypes)}, got {precision!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     device = torch.device(device)
     if precision == "fp16" and device.type != "cuda":
         raise ValueError("precision fp16 needs a CUDA device; use bf16 on CPU")
@@ -151,7 +154,7 @@ def configure_inference(method, device, precision: str = "fp32", channels_last: 
                 child.compile()
     if channels_last:
         method.to(memory_format=torch.channels_last)
-    amp = dtypes[precision]
+    amp = PRECISIONS[precision]
     if amp is None and not channels_last:
         return method
     plain = method.super_resolve

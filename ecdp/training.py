@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader
 from .progress import bar as tqdm
 
 from . import checkpoint as ckpt
-from .checkpoint import all_finite
+from .checkpoint import PRECISIONS, all_finite
 from . import config as config_mod
 from .data import PairedImages, PatchSampler, TrainPatches, read_meta
 from .distributed import World, batch_shard, shard
@@ -207,7 +207,6 @@ def make_loader(dataset: TrainPatches, stage: dict, seed: int, start_step: int, 
                       pin_memory=pin_memory, persistent_workers=persistent_workers and workers > 0)
 
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def check_precision(tcfg: dict, device: torch.device) -> None:
