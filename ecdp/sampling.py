@@ -127,8 +127,29 @@ def sample_ode(denoiser: Denoiser, x_T: Tensor, mu: Tensor, sigma2, sde: Conditi
     several-fold at the same state accuracy.  Fixed-step methods (``euler``,
     ``midpoint``, ``rk4``) take ``step_size``.  ``t_end`` stops early (default ``sde.t_eps``).
     """
+    times = [sde.T, sde.t_eps if t_end is None else t_end]
+    xs, stats = ode_trajectory(denoiser, x_T, mu, sigma2, sde, times, method=method, atol=atol, rtol=rtol,
+                               step_size=step_size, state=state, adjoint=adjoint, adjoint_params=adjoint_params,
+                               adjoint_seminorm=adjoint_seminorm)
+    return xs[-1], stats
+
+
+def ode_trajectory(denoiser: Denoiser, x_T: Tensor, mu: Tensor, sigma2, sde: ConditionalVPSDE, times, *,
+                   method: str = "dopri5", atol: float = 1e-4, rtol: float = 1e-4, step_size: float | None = None,
+                   state: str = "normalized", adjoint: bool = False, adjoint_params=None,
+                   adjoint_seminorm: bool = True) -> tuple[Tensor, dict]:
+    """Eq. 13 solved from ``times[0]`` (x_T) through every time of ``times`` (decreasing):
+    ``(xs, stats)`` with ``xs[k]`` the solution at ``times[k]`` (``xs[0]`` is ``x_T``).
+
+    :func:`sample_ode` is its two-point case ``[T, t_eps]``.  Adaptive solvers get every
+    time as torchdiffeq's ``jump_t``, so each output is the end of an error-controlled
+    step, never an interpolant (the end-point rule of :func:`sample_ode`, applied to each
+    time); the options are :func:`sample_ode`'s.  Used for the per-interval targets of
+    a distilled student (the teacher's solution at the student's grid points)."""
     func = ProbabilityFlow(denoiser, mu, sigma2, sde, state)
-    ts = torch.tensor([sde.T, sde.t_eps if t_end is None else t_end], dtype=x_T.dtype, device=x_T.device)
+    ts = torch.as_tensor([float(t) for t in times], dtype=x_T.dtype, device=x_T.device)
+    if ts.numel() < 2 or not bool((ts[1:] < ts[:-1]).all()):
+        raise ValueError(f"ode_trajectory needs at least two strictly decreasing times, got {ts.tolist()}")
     if step_size is not None:
         options = {"step_size": step_size}
     elif method in _TORCHDIFFEQ_ADAPTIVE:
@@ -146,7 +167,7 @@ def sample_ode(denoiser: Denoiser, x_T: Tensor, mu: Tensor, sigma2, sde: Conditi
     else:
         out = odeint(func, z_T, ts, method=method, atol=atol, rtol=rtol, options=options)
     stats = {"nfe": func.nfe, "sampler": f"ode-{method}", "atol": atol, "rtol": rtol, "state": state}
-    return func.from_state(out[-1]), stats
+    return func.from_state(out), stats
 
 
 #: torchdiffeq's adaptive Runge-Kutta solvers (they accept ``jump_t``).

@@ -82,6 +82,35 @@ def test_dopri5_ends_on_t_eps(tol, bound, state):
     assert stats["state"] == state
 
 
+def test_ode_trajectory_hits_every_time_and_is_sample_ode_on_two():
+    """Each output of ode_trajectory is the closed-form flow at its time (jump_t at every
+    time, not an interpolant), and on [T, t_eps] it is sample_ode exactly."""
+    from ecdp.sampling import ode_trajectory
+
+    x_T, mu = prior(dtype=torch.float64)
+    den = GaussianDenoiser()
+    times = [SDE.T, 0.5, 0.1, SDE.t_eps]
+    with torch.no_grad():
+        xs, stats = ode_trajectory(den, x_T, mu, SIGMA2, SDE, times, atol=1e-8, rtol=1e-8)
+        end, _ = sample_ode(den, x_T, mu, SIGMA2, SDE, atol=1e-8, rtol=1e-8)
+        two, _ = ode_trajectory(den, x_T, mu, SIGMA2, SDE, [SDE.T, SDE.t_eps], atol=1e-8, rtol=1e-8)
+
+    def marginal(t):
+        a = math.exp(float(SDE.log_alpha(torch.tensor(t, dtype=torch.float64))))
+        return MU + math.sqrt(a) * (M - MU), a * S * S + (1 - a) * SIGMA2
+    m_T, v_T = marginal(SDE.T)
+    assert xs.shape == (len(times),) + x_T.shape and torch.equal(xs[0], x_T)
+    for k, t in enumerate(times):
+        m_t, v_t = marginal(t)
+        want = m_t + math.sqrt(v_t / v_T) * (x_T - m_T)
+        err = 255 * float((xs[k] - want).abs().max())
+        assert err < 1e-3, f"time {t}: {err:.2e} 8-bit levels from the closed form"
+    assert torch.equal(two[-1], end)
+    assert stats["nfe"] > 0
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        ode_trajectory(den, x_T, mu, SIGMA2, SDE, [0.1, 0.5])
+
+
 def test_dopri5_never_evaluates_an_accepted_step_beyond_t_eps(monkeypatch):
     """Every drift evaluation after the initial-step probe lies in [t_eps, T]."""
     import ecdp.sampling as smp
