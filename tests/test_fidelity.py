@@ -54,12 +54,13 @@ class GaussianDenoiser(torch.nn.Module):
         return self.m + a.sqrt() * s2 / v * (x - MU - a.sqrt() * (self.m - MU))
 
 
-def exact_flow(x_T: torch.Tensor, m: float = M, s: float = S) -> torch.Tensor:
+def exact_flow(x_T: torch.Tensor, m: float = M, s: float = S, t: float = SDE.t_eps) -> torch.Tensor:
+    """The probability flow of the Gaussian case from x_T at T to time ``t`` (default t_eps)."""
     def marginal(t):
         a = math.exp(float(SDE.log_alpha(torch.tensor(t, dtype=torch.float64))))
         return MU + math.sqrt(a) * (m - MU), a * s * s + (1 - a) * SIGMA2
-    (m_T, v_T), (m_e, v_e) = marginal(SDE.T), marginal(SDE.t_eps)
-    return m_e + math.sqrt(v_e / v_T) * (x_T - m_T)
+    (m_T, v_T), (m_t, v_t) = marginal(SDE.T), marginal(t)
+    return m_t + math.sqrt(v_t / v_T) * (x_T - m_T)
 
 
 def prior(shape=(1, 3, 16, 16), dtype=torch.float32, seed=0):
@@ -95,15 +96,9 @@ def test_ode_trajectory_hits_every_time_and_is_sample_ode_on_two():
         end, _ = sample_ode(den, x_T, mu, SIGMA2, SDE, atol=1e-8, rtol=1e-8)
         two, _ = ode_trajectory(den, x_T, mu, SIGMA2, SDE, [SDE.T, SDE.t_eps], atol=1e-8, rtol=1e-8)
 
-    def marginal(t):
-        a = math.exp(float(SDE.log_alpha(torch.tensor(t, dtype=torch.float64))))
-        return MU + math.sqrt(a) * (M - MU), a * S * S + (1 - a) * SIGMA2
-    m_T, v_T = marginal(SDE.T)
     assert xs.shape == (len(times),) + x_T.shape and torch.equal(xs[0], x_T)
     for k, t in enumerate(times):
-        m_t, v_t = marginal(t)
-        want = m_t + math.sqrt(v_t / v_T) * (x_T - m_T)
-        err = 255 * float((xs[k] - want).abs().max())
+        err = 255 * float((xs[k] - exact_flow(x_T, t=t)).abs().max())
         assert err < 1e-3, f"time {t}: {err:.2e} 8-bit levels from the closed form"
     assert torch.equal(two[-1], end)
     assert stats["nfe"] > 0
