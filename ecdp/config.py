@@ -8,7 +8,8 @@ A run config is one YAML mapping.  Values are resolved in this order (later wins
    the paper-scale DIV2K recipe of :mod:`ecdp.model`);
 3. the method's presets (:meth:`ecdp.method.Method.presets`: the ``protocol`` preset,
    for ECDP also the Table 6 architecture named by ``model.arch``);
-4. what the user's file says.
+4. what the user's file says (a ``sampler`` that names another sampler than the
+   defaults' replaces that section instead of merging into it).
 
 So ``protocol: official`` plus ``sampler: {atol: 1e-4}`` is "the released code, except
 the paper's tolerance": how each discrepancy is toggled alone.  The resolved config
@@ -64,7 +65,13 @@ def resolve(user: dict) -> dict:
     cfg = deep_merge(BASE, getattr(cls, "DEFAULTS", {}))
     presets = getattr(cls, "presets", None)
     cfg = deep_merge(cfg, presets(user) if presets else {})
+    before = copy.deepcopy(cfg.get("sampler"))
     cfg = deep_merge(cfg, user)
+    own = user.get("sampler")
+    if isinstance(own, dict) and isinstance(before, dict) and own.get("name") not in (None, before.get("name")):
+        # a `sampler` naming another sampler replaces the section: one sampler's options are
+        # not another's (ECDP's dopri5 tolerances do not reach a distilled student's dpmpp_1)
+        cfg["sampler"] = copy.deepcopy(own)
     cfg["method"] = name
     check = getattr(cls, "check_config", None)
     if check:

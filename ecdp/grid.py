@@ -16,7 +16,8 @@ A workflow config (``config/default.yaml``, ``config/paper.yaml``; schema in
   argument that makes it, and settings applied to every method on it;
 * ``methods``: method family -> base run config (a YAML file and/or inline settings)
   and per-dataset settings;
-* ``variants``: name -> method family + settings (``set``) + stages to drop;
+* ``variants``: name -> method family + settings (``set``) + stages to drop
+  (``drop_stages``) or to append (``add_stages``: a distilled student's distill stage);
 * ``studies``: which variants each table / figure needs on which dataset.
 
 The run config of a cell is, later wins: the method's base file, the method's inline
@@ -44,7 +45,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-
+from typing import Callable
 
 from . import config as config_mod
 from .model import DISCREPANCIES
@@ -73,9 +74,13 @@ class Cell:
     eval_sampler: dict = field(default_factory=dict)  # sampler options passed to `ecdp evaluate`
     seeds: list[int] = field(default_factory=list)    # the seeds its studies run (Grid.study_seeds)
     init_from: tuple[str, int] | None = None          # (owner variant, k): starts after its first k stages
+    teacher: Callable[[int], str] | None = None       # seed -> the stage state `distill.teacher: init` means
 
     def run_config(self, seed: int) -> dict:
-        cfg = config_mod.resolve(config_mod.deep_merge(self.user, {"seed": int(seed)}))
+        user = config_mod.deep_merge(self.user, {"seed": int(seed)})
+        if self.teacher is not None:
+            user = config_mod.deep_merge(user, {"distill": {"teacher": self.teacher(int(seed))}})
+        cfg = config_mod.resolve(user)
         config_mod.check_stages(cfg)
         return cfg
 
@@ -198,7 +203,12 @@ class Grid:
         cfg = config_mod.deep_merge(cfg, d.get("set") or {})
         cfg = config_mod.deep_merge(cfg, (self.methods[method].get("datasets") or {}).get(dataset_key) or {})
         cfg = config_mod.deep_merge(cfg, v.get("set") or {})
-        drop = set(v.get("drop_stages") or [])
+        drop, add = set(v.get("drop_stages") or []), list(v.get("add_stages") or [])
+        if add:   # after the method's stages (e.g. the distilled student's distill stage after ECDP's)
+            stages = cfg.get("train", {}).get("stages")
+            if stages is None:
+                stages = config_mod.resolve(cfg)["train"]["stages"]
+            cfg = config_mod.deep_merge(cfg, {"train": {"stages": list(stages) + add}})
         if drop:
             stages = cfg.get("train", {}).get("stages")
             if stages is None:  # the method's default stages
@@ -263,6 +273,9 @@ class Grid:
             raise ValueError(f"studies.samplers.accurate: {acc!r} is not an index of studies.samplers.samplers "
                              f"(0..{len(sam.get('samplers') or []) - 1})")
         self._check_lr_crop(sam)
+        unknown = [v for v in sam.get("students") or [] if v not in self.variants]
+        if unknown:
+            raise ValueError(f"studies.samplers.students: {unknown} not under `variants`")
 
     def _check_lr_crop(self, sam: dict) -> None:
         """The sampler study scores LPIPS-Alex on lr_crop x scale HR pixels: a crop too
@@ -319,6 +332,8 @@ class Grid:
         sam = st.get("samplers")
         if sam:
             self._add(sam["dataset"], sam["variant"], "samplers")
+            for v in sam.get("students") or []:   # distilled students of that model, every seed
+                self._add(sam["dataset"], v, "students")
         self._assign_training()
 
     def _assign_training(self) -> None:
@@ -347,6 +362,20 @@ class Grid:
                     best = (base.variant, k)
             cell.init_from = best
             done.append(cell)
+            self._fill_teacher(cell, resolved[key])
+
+    def _fill_teacher(self, cell: Cell, resolved: dict) -> None:
+        """``distill.teacher: init`` (a distilled student): the stage state the student's
+        training starts from, which is its teacher's EMA after the teacher's stages, so
+        teacher and starting weights are one file and can never differ."""
+        if (resolved.get("distill") or {}).get("teacher") != "init":
+            return
+        k = len(resolved["train"]["stages"]) - 1
+        if not cell.init_from or cell.init_from[1] != k:
+            raise ValueError(f"variants.{cell.variant}: distill.teacher: init needs a cell on {cell.dataset} that "
+                             f"trains its first {k} stage(s) (its teacher) before it in the grid; give a path instead")
+        results = str(self.config.get("results", "results")).rstrip("/")
+        cell.teacher = lambda seed, c=cell: self.init_state(results, c, seed)
 
     # --- queries ---------------------------------------------------------------------
     def cell(self, dataset: str, variant: str) -> Cell:
@@ -398,6 +427,13 @@ class Grid:
             return None
         base, k = cell.init_from
         return f"{self.run_dir(results, self.cells[(cell.dataset, base)], seed)}/train/stages/stage{k}.pt"
+
+    def student_seeds(self) -> list[int]:
+        """The seeds of the sampler study's students rows (``studies.samplers.students``):
+        those every student cell runs."""
+        sam = self.studies.get("samplers") or {}
+        cells = [self.cells[(self.dataset_name(sam["dataset"]), v)] for v in sam.get("students") or []]
+        return sorted(set.intersection(*(set(c.seeds) for c in cells))) if cells else []
 
     def cell_targets(self, results: str, name: str = "metrics.csv") -> list[str]:
         return [f"{self.run_dir(results, c, s)}/{name}" for c in self.cells.values() for s in c.seeds]

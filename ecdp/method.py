@@ -69,7 +69,10 @@ class Method(nn.Module):
     #: stage kind -> top-level config sections that only stages of that kind read (ECDP
     #: and the baselines: ``{"quality": ("quality",)}``).  Two runs that differ only in
     #: those sections and in later stages train their first stages identically, so the
-    #: workflow trains that prefix once (:func:`ecdp.training.shared_stages`).
+    #: workflow trains that prefix once (:func:`ecdp.training.shared_stages`).  A section
+    #: named here that is otherwise not a training key (ECDP's ``distill: ("distill",
+    #: "sampler")``: a distilled student is trained for its sampler) counts as one in a
+    #: run with a stage of that kind (:func:`ecdp.training.training_part`).
     STAGE_SECTIONS: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     #: Named sampler settings a user can give instead of options (``ecdp sr --sampler

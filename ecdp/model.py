@@ -20,7 +20,13 @@ Stages (set by the training loop through :meth:`set_stage`):
   (or reverse-SDE sampling for the "without prob. flow" ablation), either *added* to
   eq. 16 (paper: "we use only the standard score matching loss in early stages of
   training, and then add our image quality loss") or *alone* (released code's
-  fine-tune), config ``quality.mode: add | only``.
+  fine-tune), config ``quality.mode: add | only``;
+* ``distill``: the distilled few-step student (issue 17, :meth:`ECDP.distill_loss`): the
+  trained ECDP's probability flow (eq. 13, dopri5 at 1e-4) distilled into the K-step
+  sampler ``sampler: {name: dpmpp_1, steps: K}``, the student initialised from the
+  teacher.  Progressive distillation's per-interval objective (Salimans & Ho 2022) with
+  the teacher's interval solved exactly instead of by halving rounds; for K = 1 it is
+  Luhman & Luhman's (2021) direct distillation.
 """
 from __future__ import annotations
 
@@ -37,7 +43,7 @@ from .losses import build_quality_loss, quality_run_info
 from .method import Method, StagePlan
 from .nets import RRDB_HEADS, UNet
 from .parametrization import KINDS, Parametrization, reduce_loss, score_matching_loss
-from .sampling import check_options, get_sampler
+from .sampling import check_options, exp_step, get_sampler, log_snr, ode_trajectory, time_grid
 from .sde import ConditionalVPSDE
 
 ARCHS = {
@@ -102,6 +108,13 @@ PROTOCOLS: dict = {
         "celeba_blocks": [2, 2, 2, 2],                       # hard-coded in the released U-Net
     },
 }
+#: The distilled student's teacher solve (config ``distill.teacher_sampler``, options of
+#: :func:`ecdp.sampling.ode_trajectory`): the paper's sampler, eq. 13 with dopri5 at
+#: atol = rtol = 1e-4 in the normalised state (``SAMPLER_PRESETS["paper"]``).
+DISTILL_TEACHER_SAMPLER = {"method": "dopri5", "atol": 1e-4, "rtol": 1e-4, "state": "normalized"}
+#: The one sampler a distilled student samples with (its ``sampler.name``).
+STUDENT_SAMPLER = "dpmpp_1"
+
 DISCREPANCIES = {
     # name -> (config path, paper value, official value): the rows of the protocol table
     "ode_tolerance": ("sampler.atol,sampler.rtol", 1e-4, 1e-3),
@@ -129,6 +142,43 @@ def resolve_sigma2(cfg: dict, meta: dict) -> float:
     return float(sigma) ** 2
 
 
+def is_student(cfg: dict) -> bool:
+    """A run config with a ``distill`` stage: a distilled few-step student."""
+    return any(st.get("kind") == "distill" for st in (cfg.get("train") or {}).get("stages") or [])
+
+
+def load_teacher(cfg: dict, student: "ECDP", device) -> "ECDP":
+    """The teacher of a distill stage: ``distill.teacher``, a stage state
+    (``stages/stage<k>.pt``: its EMA weights, what the teacher's final.pt evaluates) or
+    a ``final.pt``, loaded with ``weights_only=True``; its prior N(mu(y), sigma^2 I) must
+    be the student's (the student's x(T) is the teacher's), and it may not itself be a
+    student.  One-line errors otherwise."""
+    from pathlib import Path
+
+    from .checkpoint import load_method
+
+    path = (cfg.get("distill") or {}).get("teacher")
+    if not path or path == "init":
+        raise ValueError("distill.teacher: give the teacher's stages/stage<k>.pt or final.pt "
+                         "(`init` is filled in by the workflow grid: the state this run starts from)")
+    if not Path(path).exists():
+        raise FileNotFoundError(f"distill.teacher: {path}: no such file")
+    import contextlib
+    import io
+
+    with contextlib.redirect_stderr(io.StringIO()):   # load_method's "training checkpoint" note
+        teacher, ck = load_method(path, device)
+    tcfg = ck["config"]
+    if not isinstance(teacher, ECDP) or is_student(tcfg):
+        raise ValueError(f"distill.teacher: {path} is not a trained ECDP teacher (a distilled student or "
+                         "another method)")
+    if tcfg.get("sde") != cfg.get("sde") or float(teacher.sigma2) != float(student.sigma2):
+        raise ValueError(f"distill.teacher: {path} has another prior (sde section or sigma^2) than the student")
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
 def pad_to_multiple(lr: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
     """Replicate-pad an LR batch on the bottom/right so H and W are multiples of ``multiple``."""
     h, w = lr.shape[-2:]
@@ -141,8 +191,8 @@ def pad_to_multiple(lr: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]
 class ECDP(Method):
     DEFAULTS = DEFAULTS
     PROTOCOLS = PROTOCOLS
-    STAGE_KINDS = ("pretrain", "score", "quality")
-    STAGE_SECTIONS = {"quality": ("quality",)}
+    STAGE_KINDS = ("pretrain", "score", "quality", "distill")
+    STAGE_SECTIONS = {"quality": ("quality",), "distill": ("distill", "sampler")}   # a student's sampler is its grid
     #: ``ecdp sr / evaluate / time --sampler NAME``.  ``paper``: eq. 13 with dopri5 at
     #: atol = rtol = 1e-4 (the tables' sampler).  ``fast``: the fewest-NFE sampler of the
     #: committed sampler study (results/tables/samplers.md, ECDP hybrid c = 1.0, seed 0,
@@ -158,7 +208,10 @@ class ECDP(Method):
     #: and the protocols' (``sde.sigma`` is "empirical" or a number)
     CONFIG_KEYS = {"model": {"channels": [], "blocks": [], "rrdb_blocks": 0, "rrdb_taps": None},
                    "sde": {"sigma": None, "mu_kernel": "matlab"},
-                   "quality": {"mode": "add", "init_from_ema": False, "ema_decay": None, "sampler": {}}}
+                   "quality": {"mode": "add", "init_from_ema": False, "ema_decay": None, "sampler": {}},
+                   # the distilled student (stage kind distill): no defaults here, so ECDP's
+                   # own run configs carry no distill section (DISTILL_TEACHER_SAMPLER)
+                   "distill": {"teacher": None, "teacher_sampler": None}}
 
     @classmethod
     def presets(cls, user: dict) -> dict:
@@ -181,11 +234,31 @@ class ECDP(Method):
         kind = cfg["parametrization"]["kind"]
         if kind not in KINDS:
             raise ValueError(f"parametrization.kind must be eps, x0 or hybrid, got {kind!r}")
+        if not is_student(cfg):
+            return
+        kinds = [st.get("kind") for st in cfg["train"]["stages"]]
+        if kinds.count("distill") != 1 or kinds[-1] != "distill":
+            raise ValueError("train.stages: a distilled student has one distill stage, the last")
+        s = cfg.get("sampler") or {}
+        if s.get("name") != STUDENT_SAMPLER or not isinstance(s.get("steps"), int) or s["steps"] < 1:
+            raise ValueError(f"sampler: a distilled student samples with the sampler it is distilled for, "
+                             f"{{name: {STUDENT_SAMPLER}, steps: K[, grid: ...]}}; got {s}")
+        check_options(s)
+        if not (cfg.get("distill") or {}).get("teacher"):
+            raise ValueError("distill.teacher: a distilled student needs its teacher (a stages/stage<k>.pt or "
+                             "final.pt; `init` in a workflow grid)")
+        check_options({"name": "ode", **DISTILL_TEACHER_SAMPLER, **(cfg["distill"].get("teacher_sampler") or {})})
 
     @classmethod
     def check_sampler(cls, cfg: dict, options: dict) -> None:
         """The user's options for the sampler they name, else the config's
         (:func:`ecdp.sampling.check_options`)."""
+        if is_student(cfg):   # only its own K-step sampler: any other is not what it was trained for
+            own = {"grid": "logsnr", **cfg["sampler"]}
+            changed = sorted(k for k, v in options.items() if own.get(k) != v)
+            if changed:
+                raise ValueError(f"a distilled student samples only with the sampler it was distilled for "
+                                 f"({cfg['sampler']}); sampler option(s) {changed} cannot change it")
         check_options({"name": cfg.get("sampler", {}).get("name", "ode"), **options})
 
     def __init__(self, cfg: dict, meta: dict):
@@ -206,6 +279,7 @@ class ECDP(Method):
         self.unet = UNet(m["channels"], m["blocks"], cond_channels=self.rrdb.encoder.out_channels)
         self.stage = "score"
         self._quality = []  # built lazily; kept out of the state dict
+        self._teacher = []  # the distill stage's teacher: built lazily, kept out of the state dict
 
     # --- pieces ----------------------------------------------------------------
     @property
@@ -238,6 +312,9 @@ class ECDP(Method):
         super().set_stage(stage)
         if self.stage == "quality" and not self._quality:
             self._quality.append(build_quality_loss(self.cfg["quality"]))
+        if self.stage == "distill" and not self._teacher:
+            with torch.random.fork_rng(devices=[]):   # building it draws nothing from the run's RNG (exact resume)
+                self._teacher.append(load_teacher(self.cfg, self, self.sigma2.device))
 
     def stage_plan(self, stage: dict) -> StagePlan:
         """``pretrain`` and ``score`` start a new EMA (they train other parameters than the
@@ -245,7 +322,11 @@ class ECDP(Method):
         paper protocol) or, with ``quality.init_from_ema`` (released fine-tune), starts
         from the EMA weights, which is the same EMA start; its decay is ``ema_decay`` of the
         stage, else ``quality.ema_decay`` (released: 0.9), else ``train.ema_decay``.
-        Validation (Figure 8) runs in the diffusion stages only."""
+        ``distill`` starts from the previous stage's EMA weights (= the teacher, which is
+        what the teacher's final.pt evaluates) and a new EMA.  Validation (Figure 8) runs
+        in the diffusion stages only (a student's with its own K-step sampler)."""
+        if stage["kind"] == "distill":   # the student starts as its teacher: the EMA weights
+            return StagePlan(ema=stage.get("ema", "restart"), ema_decay=stage.get("ema_decay"), init_from_ema=True)
         if stage["kind"] != "quality":
             return StagePlan(ema=stage.get("ema", "restart"), ema_decay=stage.get("ema_decay"),
                              validate=stage["kind"] != "pretrain")
@@ -277,7 +358,50 @@ class ECDP(Method):
         return score_matching_loss(out[:, :3], out[:, 3:], eps, (hr - mu) / sigma, self.heads, self.param.kind,
                                    self.reduction)
 
+    def distill_loss(self, hr: Tensor, lr: Tensor) -> Tensor:
+        """The distilled student's loss (stage kind ``distill``): one student step per
+        interval of its K-interval grid (``sampler.steps``, ``sampler.grid``; log-SNR
+        uniform by default) must land where the teacher's probability flow goes.
+
+        The teacher (:func:`load_teacher`) solves eq. 13 from x(T) ~ N(mu(y), sigma^2 I)
+        (eq. 12, the student's own prior) through every grid time t_0 = T > ... > t_K =
+        t_eps with :func:`ecdp.sampling.ode_trajectory` (``distill.teacher_sampler``,
+        default dopri5 at 1e-4, the paper's sampler; every grid time an error-controlled
+        step).  From the teacher's x(t_i) the student takes the :func:`exp_step` of
+        ``dpmpp_1`` with its own data prediction; the loss is the squared error to the
+        teacher's x(t_{i+1}) in the normalised image z = x / sigma (eq. 16's norm,
+        ``loss.reduction``: summed per sample, the released code's), averaged over the
+        batch and over all K intervals (every interval of every sample each step: the
+        teacher's solve, ~97 % of the step's cost, gives them all).
+
+        Progressive distillation (Salimans & Ho 2022) trains the same per-interval target
+        but reaches 1 step by log2(NFE) halving rounds; here the teacher's interval is
+        solved exactly, one round (for K = 1 Luhman & Luhman 2021).  Consistency
+        distillation was not chosen: it needs a target network and many rounds, and its
+        one-step quality at a fixed budget is the weaker in the literature.  The adaptive
+        solver controls its error over the whole batch (torchdiffeq's norm), so a
+        target depends slightly on its batch."""
+        teacher = self._teacher[0]   # loaded by set_stage
+        s = self.cfg["sampler"]
+        k, b = int(s["steps"]), hr.shape[0]
+        mu = self.mu(lr)
+        with torch.no_grad():
+            x_T = self.sde.prior_sample(mu, self.sigma2)
+            ts = time_grid(self.sde, k, x_T.dtype, x_T.device, s.get("grid", "logsnr"))
+            opts = {**DISTILL_TEACHER_SAMPLER, **((self.cfg.get("distill") or {}).get("teacher_sampler") or {})}
+            xs, _ = ode_trajectory(teacher.denoiser(mu, teacher.encoder(lr)), x_T, mu, self.sigma2, teacher.sde,
+                                   ts, **opts)
+            lam = log_snr(self.sde, ts.double())
+        x_in, target = xs[:-1].flatten(0, 1), xs[1:].flatten(0, 1)      # interval-major: (K B, C, H, W)
+        t, t_next = ts[:-1].repeat_interleave(b), ts[1:].repeat_interleave(b)
+        h = (lam[1:] - lam[:-1]).to(x_T.dtype).repeat_interleave(b)
+        mu_k, cond_k = mu.repeat(k, 1, 1, 1), self.encoder(lr).repeat(k, 1, 1, 1)
+        pred = exp_step(x_in, self.denoiser(mu_k, cond_k)(x_in, t), mu_k, self.sigma2, self.sde, t, t_next, h)
+        return reduce_loss(((pred - target) / self.sigma2.sqrt()).pow(2), self.reduction)
+
     def training_losses(self, hr: Tensor, lr: Tensor) -> dict[str, Tensor]:
+        if self.stage == "distill":
+            return {"distill": self.distill_loss(hr, lr)}
         if self.stage == "pretrain":
             return {"l1": reduce_loss((self.rrdb(lr) - hr).abs(), self.reduction)}
         mu, cond = self.mu(lr), self.encoder(lr)

@@ -36,7 +36,7 @@ def _center_crop(lr: torch.Tensor, hr: torch.Tensor, lr_crop: int | None, scale:
 
 def sampler_study(method, dataset_root: str | os.PathLike, samplers: list[dict], limit: int | None = 10,
                   lr_crop: int | None = None, seed: int = 0, convention: str = "ecdp", device: str | None = None,
-                  per_image: bool = False, accurate: int | None = 0):
+                  per_image: bool = False, accurate: int | None = 0, students: dict | None = None):
     """LPIPS / PSNR / SSIM against NFE and seconds per image for each sampler of one model.
 
     ``method``: an ``nn.Module`` with ``super_resolve`` or a checkpoint path.
@@ -54,6 +54,11 @@ def sampler_study(method, dataset_root: str | os.PathLike, samplers: list[dict],
     and ``lpips_vs_accurate`` (metric convention applied).  That is how far the solver
     is from the ODE's solution, as opposed to how far from the HR image.  ``None``
     skips it.
+
+    ``students``: label -> a distilled student of this model (``nn.Module`` or checkpoint
+    path; issue 17), each run after the samplers with its own K-step sampler on the same
+    images and the same x(T) (its prior is the teacher's), so its ``solver_rmse`` is its
+    distance to the teacher's ODE solution; rows ``student:<label>``, family ``student``.
 
     Returns a ``pandas.DataFrame`` with one row per sampler and image (``per_image=True``)
     or, through :func:`summarize_sampler_study`, one row per sampler: sampler, options,
@@ -87,10 +92,16 @@ def sampler_study(method, dataset_root: str | os.PathLike, samplers: list[dict],
         order.remove(accurate)
         order.insert(0, accurate)
     exact: dict = {}
-    for k in order:
-        opts = dict(samplers[k])
+    runs = [(k, method, dict(samplers[k]), None) for k in order]
+    for j, (label, student) in enumerate((students or {}).items()):
+        if isinstance(student, (str, os.PathLike)):
+            from .checkpoint import load_method
+
+            student, _ = load_method(student, dev)
+        runs.append((len(samplers) + j, student.eval(), {}, str(label)))
+    for k, model, opts, student in runs:
         for i, (lr, hr, stem) in enumerate(images):
-            call = sampler_call(method, lr[None].to(dev), opts, seed + i)
+            call = sampler_call(model, lr[None].to(dev), opts, seed + i)
             with torch.no_grad():
                 t0 = time.perf_counter()
                 sr, stats = call()
@@ -101,9 +112,11 @@ def sampler_study(method, dataset_root: str | os.PathLike, samplers: list[dict],
                 exact[i] = sr
             vs = score(sr, exact[i], convention=convention, scale=scale) if i in exact else {}
             rmse = 255 * float((sr.double() - exact[i].double()).pow(2).mean().sqrt()) if i in exact else math.nan
-            rows.append({"k": k, "sampler": sampler_label(stats, opts), "options": json.dumps(opts, sort_keys=True),
-                         "accurate": k == accurate, "image": stem,
-                         "state": stats.get("state", ""), "family": sampler_family(stats, opts),
+            name = sampler_label(stats, opts)
+            rows.append({"k": k, "sampler": f"student:{student} ({name})" if student else name,
+                         "options": json.dumps({"student": student} if student else opts, sort_keys=True),
+                         "accurate": k == accurate, "image": stem, "state": stats.get("state", ""),
+                         "family": "student" if student else sampler_family(stats, opts),
                          "nfe": int(stats.get("nfe", -1)), "seconds_per_image": seconds,
                          "lpips": m["lpips"], "psnr": m["psnr"], "ssim": m["ssim"], "solver_rmse": rmse,
                          "psnr_vs_accurate": vs.get("psnr", math.nan), "lpips_vs_accurate": vs.get("lpips", math.nan),

@@ -399,11 +399,23 @@ def _dpmpp(denoiser: Denoiser, x_T: Tensor, mu: Tensor, sigma2, sde: Conditional
             d_use = (1 + 1 / (2 * r)) * d - (1 / (2 * r)) * d_prev
         else:
             d_use = d
-        ratio = (sde.var(sigma2, t_next, like=x) / sde.var(sigma2, t, like=x)).sqrt()   # sig_t / sig_s
-        a_next = _bc(sde.alpha(t_next).sqrt(), x)
-        x = mu + ratio * (x - mu) + a_next * (-math.expm1(-h)) * (d_use - mu)
+        x = exp_step(x, d_use, mu, sigma2, sde, t, t_next, h)
         d_prev, h_prev = d, h
     return x, counter.nfe
+
+
+def exp_step(x: Tensor, d: Tensor, mu: Tensor, sigma2, sde: ConditionalVPSDE, t: Tensor, t_next: Tensor,
+             h) -> Tensor:
+    """One first-order exponential-integrator step of eq. 13 from ``t`` to ``t_next``
+    with the data prediction ``d`` (the step of :func:`sample_dpmpp_1`, derivation above):
+    ``x_t = mu + (sig_t / sig_s)(x_s - mu) + sqrt(alpha_t) (1 - e^{-h}) (d - mu)``,
+    ``h = lambda(t_next) - lambda(t)``.  ``t``, ``t_next`` are per-sample (B,) times; ``h``
+    a float (the samplers' float64 step) or a (B,) tensor (the distilled student's
+    per-interval steps, :meth:`ecdp.model.ECDP.distill_loss`)."""
+    ratio = (sde.var(sigma2, t_next, like=x) / sde.var(sigma2, t, like=x)).sqrt()   # sig_t / sig_s
+    a_next = _bc(sde.alpha(t_next).sqrt(), x)
+    gain = -math.expm1(-h) if isinstance(h, float) else _bc(-torch.expm1(-h), x)
+    return mu + ratio * (x - mu) + a_next * gain * (d - mu)
 
 
 def sample_dpmpp_1(denoiser: Denoiser, x_T: Tensor, mu: Tensor, sigma2, sde: ConditionalVPSDE, *,

@@ -60,9 +60,16 @@ NON_TRAINING_KEYS = (("sampler",), ("train", "validate"), ("train", "log_every")
 
 def training_part(cfg: dict, drop: tuple = ()) -> dict:
     """``cfg`` without :data:`NON_TRAINING_KEYS` and the top-level sections in ``drop``:
-    the part that determines the trained weights."""
+    the part that determines the trained weights.  A non-training key that a stage of
+    ``cfg`` reads (``Method.STAGE_SECTIONS``: a distilled student's ``sampler`` is the
+    grid it is trained for) stays, unless ``drop`` names it."""
+    from .registry import method_class
+
+    sections = getattr(method_class(cfg.get("method", "ecdp")), "STAGE_SECTIONS", {})
+    kinds = {st.get("kind") for st in (cfg.get("train") or {}).get("stages") or [] if isinstance(st, dict)}
+    read = {sec for kind in kinds for sec in sections.get(kind, ())}
     out = copy.deepcopy(cfg)
-    for path in (*NON_TRAINING_KEYS, *((d,) for d in drop)):
+    for path in (*(k for k in NON_TRAINING_KEYS if k[0] not in read), *((d,) for d in drop)):
         node = out
         for p in path[:-1]:
             node = node.get(p) if isinstance(node, dict) else None

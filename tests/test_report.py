@@ -234,10 +234,11 @@ def test_training_prefixes_are_shared_where_the_stages_train_alike():
     starts = {c.variant: c.init_from for c in grid.cells.values() if c.init_from}
     assert starts == {"ecdp-hybrid-c1.0-noquality": (G.MAIN_ECDP, 2), "ecdp-noprobflow": (G.MAIN_ECDP, 2),
                       "ecdp-paper-but-quality_stage": (G.MAIN_ECDP, 2), "sr3pp": ("sr3", 1),
-                      "srdiffpp": ("srdiff", 2)}
+                      "srdiffpp": ("srdiff", 2), "ecdp-1step": (G.MAIN_ECDP, 3), "ecdp-2step": (G.MAIN_ECDP, 3)}
     main = grid.cell("embedded-div2k", G.MAIN_ECDP)
     assert {c.variant for c in grid.init_dependents(main)} == {"ecdp-hybrid-c1.0-noquality", "ecdp-noprobflow",
-                                                              "ecdp-paper-but-quality_stage"}
+                                                              "ecdp-paper-but-quality_stage", "ecdp-1step",
+                                                              "ecdp-2step"}
     assert grid.init_state("results", grid.cell("embedded-div2k", "sr3pp"), 1) == \
         "results/runs/embedded-div2k/sr3/seed1/train/stages/stage1.pt"
     # a base trains every seed its dependents need

@@ -60,11 +60,13 @@ def dry_run(workdir: Path, *args: str) -> tuple[str, dict[str, int]]:
 def test_dry_run_default_lists_every_table(tmp_path):
     out, counts = dry_run(tmp_path)
     assert counts["prepare_embedded"] == 1 and counts["fetch_weights"] == 1
-    # 28 cells (22 + the two floors on three datasets), 27 training configs: the ode-tolerance
-    # row shares the training of ECDP (c = 1.0); seeds 0-2, but the protocol table's five
-    # cells run the first seed only (studies.protocol.seeds: first): 23 x 3 + 5 evaluations
-    assert counts["train"] == 23 * 3 + 4 and counts["evaluate"] == 23 * 3 + 5
+    # 32 cells (22 + the two floors on three datasets + the two distilled students on two),
+    # 31 training configs: the ode-tolerance row shares the training of ECDP (c = 1.0);
+    # seeds 0-2, but the protocol table's five cells run the first seed only
+    # (studies.protocol.seeds: first): 27 x 3 + 5 evaluations
+    assert counts["train"] == 27 * 3 + 4 and counts["evaluate"] == 27 * 3 + 5
     assert counts["time_table3"] == 1 and counts["sampler_study"] == 1 and counts["aggregate"] == 1
+    assert counts["sampler_students"] == 3   # the students of the sampler study's model, every seed
     cell = "results/runs/embedded-{}/{}/seed0/metrics.csv"
     for ds, variant in [("div2k", "ecdp-hybrid-c1.0"), ("div2k", "sr3"), ("div2k", "srdiff"),           # Table 1
                         ("imagenet", "ecdp-hybrid-c1.0"), ("imagenet", "sr3"), ("imagenet", "srdiff"),  # Table 2

@@ -27,13 +27,25 @@ from . import tables as tables_mod
 
 # --------------------------------------------------------------------------- inputs
 
+def _read_csv(p: Path) -> pd.DataFrame | None:
+    try:
+        return pd.read_csv(p)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return None
+
+
 def collect_samplers(results: str | Path) -> list[tuple[str, pd.DataFrame]]:
+    """The sampler studies (``samplers/<dataset>/<variant>/seed<k>.csv``), each followed
+    by the student rows of the same seed (``students_seed<k>.csv``: the distilled
+    students, scored against the same accurate solution), if any."""
     out = []
     for p in sorted(Path(results).glob("samplers/*/*/seed*.csv")):
-        try:
-            df = pd.read_csv(p)
-        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        df = _read_csv(p)
+        if df is None:
             continue
+        st = _read_csv(p.with_name("students_" + p.name))
+        if st is not None and "family" in st and len(df):
+            df = pd.concat([df, st[st["family"] == "student"]], ignore_index=True)
         df.attrs["cell"] = (p.parent.parent.name, p.parent.name)
         out.append((f"{p.parent.parent.name}-{p.parent.name}-{p.stem}", df))
     return out
@@ -234,6 +246,10 @@ def report(results: str | Path = "results", out: str | Path | None = None, workf
     for name, df in samplers:  # results/samplers/<dataset>/<variant>/seed<k>.csv
         tname = "samplers" if len(samplers) == 1 else f"samplers_{name}"
         tables[tname] = tables_mod.sampler_table(df, ctx, tname, source=name)
+    students = [df for df in (_read_csv(p) for p in sorted(results.glob("samplers/*/*/students_seed*.csv")))
+                if df is not None and len(df)]
+    if students:   # every seed's distilled students (issue 17)
+        tables["students"] = tables_mod.students_table(pd.concat(students, ignore_index=True), ctx)
     written = tables_mod.write_tables(tables, out / "tables")
 
     fig8_ds, fig8_variants = None, None

@@ -605,6 +605,41 @@ def sampler_table(study: pd.DataFrame, ctx: Context, name: str = "samplers", sou
     return Table(name, cap, columns, rows, display, [idx], {"lpips": _best(rows, idx, "lpips", False, 4)}, formats)
 
 
+def students_table(study: pd.DataFrame, ctx: Context) -> Table:
+    """The distilled students of the sampler study's model (issue 17), every seed: NFE,
+    seconds, LPIPS / PSNR / SSIM against HR, and the distance to the teacher's ODE
+    solution of the same x(T) (``solver_rmse``, 8-bit levels; ``lpips_vs_accurate``),
+    mean ± s.d. over seeds of the per-seed means; the accurate row is the teacher's."""
+    keys = ["nfe", "seconds_per_image", "lpips", "psnr", "ssim", "solver_rmse", "lpips_vs_accurate"]
+    rows = []
+    seeds = sorted({int(x) for x in study["seed"]}) if "seed" in study else []
+    for name, g in study.groupby("sampler", sort=False):
+        row = {"sampler": name, "accurate": bool(g["accurate"].astype(str).eq("True").any()),
+               "n_seeds": len(g), "n_images": int(g["n_images"].sum()) if "n_images" in g else math.nan}
+        for k in keys:
+            v = pd.to_numeric(g[k], errors="coerce") if k in g else pd.Series(dtype=float)
+            row[f"ours_{k}"] = float(v.mean()) if v.notna().any() else math.nan
+            row[f"ours_{k}_std"] = float(v.std(ddof=1)) if v.notna().sum() > 1 else math.nan
+        rows.append(row)
+    columns = ["sampler", "accurate", "n_seeds", "n_images"] + [f"ours_{k}{s}" for k in keys for s in ("", "_std")]
+    display = [("Sampler", "sampler"), ("NFE", "nfe"), ("s / image", "seconds_per_image"), ("LPIPS ↓", "lpips"),
+               ("PSNR ↑", "psnr"), ("SSIM ↑", "ssim"), ("Distance to teacher's ODE", "solver_rmse"),
+               ("LPIPS vs teacher's ODE", "lpips_vs_accurate"), ("n", "n_images")]
+    digits = {"nfe": 0, "seconds_per_image": 3, "lpips": 4, "psnr": 2, "ssim": 3, "solver_rmse": 2,
+              "lpips_vs_accurate": 4}
+    formats = {k: (lambda row, k=k: "" if row["accurate"] and k in ("solver_rmse", "lpips_vs_accurate")
+                   else _fmt_ours(row, k, digits[k])) for k in digits}
+    formats["sampler"] = lambda row: row["sampler"] + (" (teacher, accurate)" if row["accurate"] else "")
+    formats["n_images"] = lambda row: _fmt(row.get("n_images"), 0)
+    extra = (f" Distilled students of ECDP (ecdp.model.ECDP.distill_loss), each with its own K-step dpmpp_1 "
+             f"sampler, on the sampler study's test images at seeds {', '.join(map(str, seeds)) or '?'}, the same "
+             "x(T) as the teacher's accurate solver (dopri5 at 1e-6, first row). Distance to teacher's ODE: RMSE "
+             "of the unquantized image against the teacher's accurate solution, in 8-bit levels. n: images x "
+             "seeds. The students against ECDP-dopri5 with intervals: the claims table.")
+    return Table("students", _caption("Distilled few-step students against their teacher", ctx, None, "", extra),
+                 columns, rows, display, [list(range(len(rows)))], {}, formats)
+
+
 def build_tables(runs: pd.DataFrame, timing: pd.DataFrame, ctx: Context,
                  paper: pd.DataFrame | None = None) -> dict[str, Table]:
     paper = paper_results() if paper is None else paper

@@ -163,6 +163,9 @@ def report_inputs(wildcards):
     if SAM:
         inputs["samplers"] = [f"{RESULTS}/samplers/{GRID.dataset_name(SAM['dataset'])}/{SAM['variant']}/seed{s}.csv"
                               for s in GRID.study_seeds("samplers")]
+        if SAM.get("students"):   # every seed of the grid
+            inputs["students"] = [f"{RESULTS}/samplers/{GRID.dataset_name(SAM['dataset'])}/{SAM['variant']}/"
+                                  f"students_seed{s}.csv" for s in GRID.student_seeds()]
     if config.get("benchmark_json") and Path(config["benchmark_json"]).exists():
         inputs["benchmark"] = config["benchmark_json"]   # pytest-benchmark JSON -> results/benchmarks/
     fig8 = config["studies"].get("figure8")
