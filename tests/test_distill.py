@@ -156,3 +156,31 @@ def test_grid_starts_each_student_from_its_teacher_and_names_it():
     config["studies"] = {"table1": {"dataset": "div2k", "variants": ["ecdp-1step"]}}
     with pytest.raises(ValueError, match="distill.teacher: init needs a cell"):
         Grid(config, ROOT)
+
+
+@pytest.mark.slow   # two short trainings and a kill: CI runs it
+def test_killed_distill_stage_resumes_bit_identically(tiny_data, tmp_path, monkeypatch):
+    """The teacher is rebuilt on resume outside the run's RNG: the resumed student is the
+    uninterrupted one, bit for bit (the loop's determinism, kept by the distill stage)."""
+    teacher_cfg = tiny_config(tiny_data, **TEACHER)
+    train(teacher_cfg, tmp_path / "teacher", keep_stages=True)
+    state = str(tmp_path / "teacher" / "stages" / "stage2.pt")
+    cfg = student_config(tiny_data, state, k=2)
+    cfg["train"]["stages"][-1]["steps"] = 4
+    cfg["train"]["checkpoint_every"] = 2
+    ref = ckpt.load(train(cfg, tmp_path / "ref", init_from=state))["model"]
+    real, calls = ECDP.training_losses, {"n": 0}
+
+    def dying(self, hr, lr):
+        calls["n"] += 1
+        if calls["n"] > 3:   # after the checkpoint at distill step 2
+            raise KeyboardInterrupt
+        return real(self, hr, lr)
+
+    monkeypatch.setattr(ECDP, "training_losses", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "run", init_from=state)
+    monkeypatch.setattr(ECDP, "training_losses", real)
+    resumed = ckpt.load(train(cfg, tmp_path / "run", resume=True, init_from=state))["model"]
+    for k in ref:
+        assert torch.equal(ref[k], resumed[k]), k

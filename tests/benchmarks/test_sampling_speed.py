@@ -3,7 +3,9 @@
 16x16 LR -> 64x64 HR, one image per call, same-size networks (see conftest).  Rows:
 
 * ECDP probability flow, dopri5 atol = rtol = 1e-4 (the paper's sampler; the reference
-  of every ratio in ``results/benchmarks/sampling.md``), and ECDP's fixed-step samplers;
+  of every ratio in ``results/benchmarks/sampling.md``), ECDP's fixed-step samplers
+  (with the few-step ``dpmpp_3m`` / ``unipc``) and a distilled student's 1- and 2-step
+  sampling (the same network on its own dpmpp_1 grid);
 * SRDiff, its 100-step ancestral chain (the method's default);
 * SR3, the full 2000-step ancestral chain: too slow on CPU, so a 20-step chain of the
   same network is timed and its per-step cost is multiplied by 2000
@@ -48,6 +50,12 @@ ECDP_SAMPLERS = [
     ("dpmpp_2m-20", {"name": "dpmpp_2m", "steps": 20}, False),
     ("heun-10", {"name": "heun", "steps": 10}, False),
     ("rk4-5", {"name": "rk4", "steps": 5}, False),
+    ("dpmpp_3m-5", {"name": "dpmpp_3m", "steps": 5}, False),     # few-step solvers (issue 17)
+    ("unipc-5", {"name": "unipc", "steps": 5}, False),
+    # a distilled student's sampling (ecdp.model.ECDP.distill_loss): the same network, its
+    # own K-step dpmpp_1 grid; the cost of a step does not depend on the weights
+    ("student-1step", {"name": "dpmpp_1", "steps": 1}, False),
+    ("student-2step", {"name": "dpmpp_1", "steps": 2}, False),
 ]
 
 
