@@ -53,6 +53,18 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+def merge_settings(base: dict, over: dict) -> dict:
+    """:func:`deep_merge` of two layers of a run config, except that a ``sampler`` in
+    ``over`` naming another sampler than ``base``'s replaces that section: one sampler's
+    options are not another's (ECDP's dopri5 tolerances do not reach a distilled
+    student's dpmpp_1).  Used by :func:`resolve` and by the workflow grid's layers."""
+    out = deep_merge(base, over)
+    own, before = (over or {}).get("sampler"), base.get("sampler")
+    if isinstance(own, dict) and isinstance(before, dict) and own.get("name") not in (None, before.get("name")):
+        out["sampler"] = copy.deepcopy(own)
+    return out
+
+
 def resolve(user: dict) -> dict:
     """BASE <- the method's DEFAULTS <- its presets <- user (see module docstring); the
     user's keys are checked first (:func:`check_user_config`), what a run trains by
@@ -65,13 +77,7 @@ def resolve(user: dict) -> dict:
     cfg = deep_merge(BASE, getattr(cls, "DEFAULTS", {}))
     presets = getattr(cls, "presets", None)
     cfg = deep_merge(cfg, presets(user) if presets else {})
-    before = copy.deepcopy(cfg.get("sampler"))
-    cfg = deep_merge(cfg, user)
-    own = user.get("sampler")
-    if isinstance(own, dict) and isinstance(before, dict) and own.get("name") not in (None, before.get("name")):
-        # a `sampler` naming another sampler replaces the section: one sampler's options are
-        # not another's (ECDP's dopri5 tolerances do not reach a distilled student's dpmpp_1)
-        cfg["sampler"] = copy.deepcopy(own)
+    cfg = merge_settings(cfg, user)
     cfg["method"] = name
     check = getattr(cls, "check_config", None)
     if check:

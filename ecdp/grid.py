@@ -189,7 +189,7 @@ class Grid:
                 candidates = [self.base_dir / path, REPO_ROOT / path]
                 path = next((c for c in candidates if c.exists()), candidates[0])
             base = config_mod.yaml_load(path.read_text()) or {}
-        return config_mod.deep_merge(base, m.get("set") or {})
+        return config_mod.merge_settings(base, m.get("set") or {})
 
     def user_config(self, dataset_key: str, variant: str, extra: dict | None = None) -> dict:
         if variant not in self.variants:
@@ -200,9 +200,10 @@ class Grid:
         method = v.get("method", "ecdp")
         d = self.datasets[dataset_key]
         cfg = self._base(method)
-        cfg = config_mod.deep_merge(cfg, d.get("set") or {})
-        cfg = config_mod.deep_merge(cfg, (self.methods[method].get("datasets") or {}).get(dataset_key) or {})
-        cfg = config_mod.deep_merge(cfg, v.get("set") or {})
+        merge = config_mod.merge_settings   # a sampler naming another sampler replaces the section
+        cfg = merge(cfg, d.get("set") or {})
+        cfg = merge(cfg, (self.methods[method].get("datasets") or {}).get(dataset_key) or {})
+        cfg = merge(cfg, v.get("set") or {})
         drop, add = set(v.get("drop_stages") or []), list(v.get("add_stages") or [])
         if add:   # after the method's stages (e.g. the distilled student's distill stage after ECDP's)
             stages = cfg.get("train", {}).get("stages")

@@ -385,6 +385,15 @@ def test_end_to_end_tables_figures_metadata(tiny_run):
     assert "ecdp-hybrid-c1.0/seed0/train/final.pt" in json.loads((shared / "summary.json").read_text())["checkpoint"]
     assert (results / "runs/embedded-div2k/ecdp-hybrid-c1.0/seed0/train/val.jsonl").exists()
     assert (results / "runs/embedded-div2k/ecdp-hybrid-c1.0/seed0/run.yaml").exists()
+    # the distilled student (issue 17): started from its teacher's stage state, which is also its teacher; 1 NFE
+    student = results / "runs/embedded-div2k/ecdp-1step/seed0"
+    run = yaml.safe_load((student / "run.yaml").read_text())
+    assert run["distill"]["teacher"] == "results/runs/embedded-div2k/ecdp-hybrid-c1.0/seed0/train/stages/stage3.pt"
+    assert json.loads((student / "train/provenance.json").read_text())["init_from"]["stages"] == 3
+    assert pd.read_csv(student / "summary.csv")["nfe"].iloc[0] == 1
+    rows = pd.read_csv(results / "tables" / "students.csv")
+    assert rows["sampler"].str.startswith("student:ecdp-1step").any() and rows["accurate"].any()
+    assert "student:ecdp-1step" in (results / "tables" / "samplers.md").read_text()
 
 
 @pytest.mark.slow

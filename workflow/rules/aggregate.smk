@@ -6,7 +6,8 @@
 # the grid and a results folder from an earlier run (a fresh clone's committed one)
 # never keeps an older config.
 
-TABLES = ["table1", "table2", "table3", "table4", "table5", "table7", "protocol"] + (["claims"] if config.get("claims") else [])
+TABLES = (["table1", "table2", "table3", "table4", "table5", "table7", "protocol"] + (["claims"] if config.get("claims") else [])
+          + (["students"] if (config["studies"].get("samplers") or {}).get("students") else []))
 CAPTIONS = "../report"  # relative to this rule file
 
 
