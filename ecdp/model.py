@@ -247,7 +247,12 @@ class ECDP(Method):
         if not (cfg.get("distill") or {}).get("teacher"):
             raise ValueError("distill.teacher: a distilled student needs its teacher (a stages/stage<k>.pt or "
                              "final.pt; `init` in a workflow grid)")
-        check_options({"name": "ode", **DISTILL_TEACHER_SAMPLER, **(cfg["distill"].get("teacher_sampler") or {})})
+        teacher = cfg["distill"].get("teacher_sampler") or {}
+        unknown = sorted(set(teacher) - set(DISTILL_TEACHER_SAMPLER) - {"step_size"})
+        if unknown:   # the options of ode_trajectory, the teacher's solve
+            raise ValueError(f"distill.teacher_sampler: no option(s) {unknown}; its options: "
+                             f"{sorted(set(DISTILL_TEACHER_SAMPLER) | {'step_size'})}")
+        check_options({"name": "ode", **DISTILL_TEACHER_SAMPLER, **teacher})
 
     @classmethod
     def check_sampler(cls, cfg: dict, options: dict) -> None:

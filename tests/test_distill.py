@@ -44,7 +44,8 @@ def test_student_config_rules(tiny_data):
     bad = [({"sampler": {"name": "ode"}}, "samples with the sampler it is distilled for"),
            ({"sampler": {"name": "dpmpp_2m", "steps": 2}}, "samples with the sampler it is distilled for"),
            ({"distill": {"teacher": ""}}, "distill.teacher"),
-           ({"distill": {"teacher": "t.pt", "teacher_sampler": {"atol": -1}}}, "atol")]
+           ({"distill": {"teacher": "t.pt", "teacher_sampler": {"atol": -1}}}, "atol"),
+           ({"distill": {"teacher": "t.pt", "teacher_sampler": {"t_end": 0.5}}}, r"no option\(s\) \['t_end'\]")]
     for more, message in bad:
         with pytest.raises(ValueError, match=message):
             student_config(tiny_data, "t.pt", **more)
@@ -95,6 +96,38 @@ def test_one_step_loss_is_the_dpmpp_1_step_against_the_teachers_ode(tiny_data, t
     assert float(loss.detach()) > 0
     torch.testing.assert_close(loss.detach(), want, rtol=1e-4, atol=1e-6)
     assert not any("teacher" in k for k in student.state_dict())   # the teacher stays out of the checkpoint
+
+
+def test_two_step_loss_takes_each_interval_from_the_teachers_trajectory(tiny_data, tmp_path):
+    """K = 2: the mean over both intervals of the student's dpmpp_1 step from the teacher's
+    x(t_i), one interval at a time, against the teacher's x(t_{i+1})."""
+    from ecdp.sampling import exp_step, log_snr, ode_trajectory, time_grid
+
+    meta = {"scale": 4, "sigma2": 0.01}
+    torch.manual_seed(0)
+    teacher = ECDP(tiny_config(tiny_data), meta).eval()
+    path = _save_final(teacher, tiny_config(tiny_data), tmp_path / "teacher.pt")
+    torch.manual_seed(1)
+    student = ECDP(student_config(tiny_data, path, k=2), meta)
+    student.set_stage(DISTILL)
+    lr, hr = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 32, 32)
+    torch.manual_seed(7)
+    loss = student.distill_loss(hr, lr)
+    with torch.no_grad():
+        torch.manual_seed(7)
+        mu = student.mu(lr)
+        x_T = student.sde.prior_sample(mu, student.sigma2)
+        ts = time_grid(student.sde, 2, x_T.dtype)
+        xs, _ = ode_trajectory(teacher.denoiser(mu, teacher.encoder(lr)), x_T, mu, teacher.sigma2, teacher.sde, ts,
+                               **CHEAP)
+        lam = log_snr(student.sde, ts.double())
+        d = student.denoiser(mu, student.encoder(lr))
+        per = []
+        for i in range(2):
+            t, t_next = ts[i].expand(2), ts[i + 1].expand(2)
+            step = exp_step(xs[i], d(xs[i], t), mu, student.sigma2, student.sde, t, t_next, float(lam[i + 1] - lam[i]))
+            per.append(((step - xs[i + 1]) / student.sigma2.sqrt()).pow(2).flatten(1).sum(1))
+    torch.testing.assert_close(loss.detach(), torch.cat(per).mean(), rtol=1e-4, atol=1e-6)
 
 
 def test_a_teacher_with_another_prior_is_refused(tiny_data, tmp_path):

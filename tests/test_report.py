@@ -343,7 +343,7 @@ def test_report_end_to_end(runs, tmp_path):
     wf.write_text(yaml.safe_dump(load_config("default")))
     out = report_cli.report(results, workflow_config=wf, benchmarks_dir=results / "logs/benchmarks",
                             base_dir=ROOT, log=lambda *a: None)
-    assert len(out["tables"]) == 27  # 7 paper tables + the sampler study + the claims, 3 formats each
+    assert len(out["tables"]) == 30  # 7 paper tables + the sampler study + the claims + the students (empty here), 3 formats each
     claims = pd.read_csv(results / "tables/claims.csv")
     assert set(claims["verdict"]) <= {"holds", "contradicted", "inconclusive"} and len(claims) >= 20
     assert "Sampler study" in (results / "tables/samplers.md").read_text()

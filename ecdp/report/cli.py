@@ -248,8 +248,10 @@ def report(results: str | Path = "results", out: str | Path | None = None, workf
         tables[tname] = tables_mod.sampler_table(df, ctx, tname, source=name)
     students = [df for df in (_read_csv(p) for p in sorted(results.glob("samplers/*/*/students_seed*.csv")))
                 if df is not None and len(df)]
-    if students:   # every seed's distilled students (issue 17)
-        tables["students"] = tables_mod.students_table(pd.concat(students, ignore_index=True), ctx)
+    wants = grid is not None and ((grid.studies.get("samplers") or {}).get("students"))
+    if students or wants:   # every seed's distilled students (issue 17); empty (with the note) if none ran
+        frame = pd.concat(students, ignore_index=True) if students else pd.DataFrame(columns=["sampler", "accurate"])
+        tables["students"] = tables_mod.students_table(frame, ctx)
     written = tables_mod.write_tables(tables, out / "tables")
 
     fig8_ds, fig8_variants = None, None
