@@ -305,11 +305,14 @@ def timings(results: Path) -> list[dict]:
 
 
 def git_commit() -> str:
-    """HEAD of the checkout, with ``-dirty`` when tracked files differ from it."""
+    """HEAD of the checkout, with ``-dirty`` when tracked files outside results/ differ from
+    it (the rehearsal rewrites its own tracked outputs there, e.g. rehearsal.yaml, before
+    this is read; ecdp.provenance applies the same rule)."""
     def git(*a):
         return subprocess.run(["git", *a], capture_output=True, text=True, cwd=REPO).stdout.strip()
     head = git("rev-parse", "HEAD") or "unknown"
-    return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
+                   else "")
 
 
 def expected_rules(cfg: dict) -> dict:
