@@ -170,10 +170,12 @@ def configure_inference(method, device, precision: str = "fp32", channels_last: 
     return method
 
 
-def load_method(path: str | Path, device="cpu", sampler: dict | None = None, **speed):
+def load_method(path: str | Path, device="cpu", sampler: dict | None = None, quiet: bool = False, **speed):
     """(method in eval mode with EMA weights, checkpoint dict) from a final checkpoint.
     ``sampler``: the user's sampler options, checked by the method before it is built (a
     ``{"preset": NAME}`` is replaced in place by the method's ``SAMPLER_PRESETS[NAME]``);
+    ``quiet``: no note when ``path`` is a training checkpoint (a caller that asks for a
+    stage state on purpose, as a distilled student's teacher);
     ``speed``: the ``SPEED`` settings (``configure_inference``)."""
     from .registry import build_method, method_class
 
@@ -197,8 +199,9 @@ def load_method(path: str | Path, device="cpu", sampler: dict | None = None, **s
 
         which = "EMA" if ck.get("ema") else "live (no EMA yet)"
         weights = ck.get("ema") or ck["model"]
-        print(f"note: {path} is a training checkpoint (step {ck.get('global_step')}): using its {which} weights; "
-              "final.pt is the finished model", file=sys.stderr)
+        if not quiet:
+            print(f"note: {path} is a training checkpoint (step {ck.get('global_step')}): using its {which} weights; "
+                  "final.pt is the finished model", file=sys.stderr)
     bad = [] if all_finite([v for v in weights.values() if torch.is_tensor(v)]) else \
         [k for k, v in weights.items() if torch.is_tensor(v) and not all_finite([v])]
     if bad:

@@ -108,10 +108,12 @@ PROTOCOLS: dict = {
         "celeba_blocks": [2, 2, 2, 2],                       # hard-coded in the released U-Net
     },
 }
+#: The paper's sampler (Sec. "Probability flow sampling", eq. 13): dopri5 at
+#: atol = rtol = 1e-4 in the normalised state; ``ECDP.SAMPLER_PRESETS["paper"]``.
+PAPER_SAMPLER = {"name": "ode", "method": "dopri5", "atol": 1e-4, "rtol": 1e-4, "state": "normalized"}
 #: The distilled student's teacher solve (config ``distill.teacher_sampler``, options of
-#: :func:`ecdp.sampling.ode_trajectory`): the paper's sampler, eq. 13 with dopri5 at
-#: atol = rtol = 1e-4 in the normalised state (``SAMPLER_PRESETS["paper"]``).
-DISTILL_TEACHER_SAMPLER = {"method": "dopri5", "atol": 1e-4, "rtol": 1e-4, "state": "normalized"}
+#: :func:`ecdp.sampling.ode_trajectory`): the paper's sampler without its name.
+DISTILL_TEACHER_SAMPLER = {k: v for k, v in PAPER_SAMPLER.items() if k != "name"}
 #: The one sampler a distilled student samples with (its ``sampler.name``).
 STUDENT_SAMPLER = "dpmpp_1"
 
@@ -163,11 +165,7 @@ def load_teacher(cfg: dict, student: "ECDP", device) -> "ECDP":
                          "(`init` is filled in by the workflow grid: the state this run starts from)")
     if not Path(path).exists():
         raise FileNotFoundError(f"distill.teacher: {path}: no such file")
-    import contextlib
-    import io
-
-    with contextlib.redirect_stderr(io.StringIO()):   # load_method's "training checkpoint" note
-        teacher, ck = load_method(path, device)
+    teacher, ck = load_method(path, device, quiet=True)   # a stage state is a training checkpoint
     tcfg = ck["config"]
     if not isinstance(teacher, ECDP) or is_student(tcfg):
         raise ValueError(f"distill.teacher: {path} is not a trained ECDP teacher (a distilled student or "
@@ -200,8 +198,7 @@ class ECDP(Method):
     #: target (no sampler at <= 1/4 of dopri5's NFE met its solver-error target); of the
     #: two at 10 NFE (EDM and time-quadratic grids) the one with the smaller solver
     #: error (0.74 against 0.83 8-bit levels).
-    SAMPLER_PRESETS = {"paper": {"name": "ode", "method": "dopri5", "atol": 1e-4, "rtol": 1e-4,
-                                 "state": "normalized"},
+    SAMPLER_PRESETS = {"paper": PAPER_SAMPLER,
                        "fast": {"name": "dpmpp_2m", "steps": 10, "grid": "edm"}}
     STAGE_KEYS = ("encoder_lr",)
     #: keys without a default here: the architecture's (``model.arch: custom`` gives them)

@@ -142,7 +142,7 @@ def test_a_teacher_with_another_prior_is_refused(tiny_data, tmp_path):
         student.set_stage(DISTILL)
 
 
-def test_two_step_student_trains_from_the_teachers_stage_state(tiny_data, tmp_path):
+def test_two_step_student_trains_from_the_teachers_stage_state(tiny_data, tmp_path, capsys):
     """The student starts from the teacher's stage state (its EMA weights), trains with
     the loop, samples in K NFE, and the sampler study scores it against the teacher's
     accurate solution of the same x(T)."""
@@ -152,7 +152,9 @@ def test_two_step_student_trains_from_the_teachers_stage_state(tiny_data, tmp_pa
     train(teacher_cfg, tmp_path / "teacher", keep_stages=True)
     state = str(tmp_path / "teacher" / "stages" / "stage2.pt")
     cfg = student_config(tiny_data, state, k=2)
+    capsys.readouterr()
     final = train(cfg, tmp_path / "student", init_from=state)
+    assert "training checkpoint" not in capsys.readouterr().err   # the teacher's stage state is asked for
     records = [r for r in map(__import__("json").loads, (tmp_path / "student" / "log.jsonl").read_text().splitlines())
                if r.get("stage") == "distill"]
     assert records and all(r["distill"] > 0 for r in records)
