@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -353,6 +354,11 @@ def test_report_end_to_end(runs, tmp_path):
     assert meta["profile"] == "embedded" and meta["seeds"] == [0, 1, 2]
     assert meta["benchmarks"]["jobs"] == 2 and meta["wall_time_s"] == pytest.approx(40.0, abs=1.0)
     assert meta["benchmarks"]["job_seconds_total"] == pytest.approx(30.0)
+    shutil.rmtree(results / "logs/benchmarks")   # a fresh clone's committed results: the earlier wall time stays
+    report_cli.report(results, workflow_config=wf, benchmarks_dir=results / "logs/benchmarks",
+                      base_dir=ROOT, log=lambda *a: None)
+    kept = json.loads((results / "run_metadata.json").read_text())
+    assert kept["wall_time_s"] == meta["wall_time_s"] and kept["benchmarks"]["kept_from_report_of_utc"]
     for key in ("git_commit", "versions", "devices", "cells", "hardware_of_report"):
         assert key in meta
     readme = (results / "README.md").read_text()

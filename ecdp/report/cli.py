@@ -89,6 +89,21 @@ def benchmark_times(folder: str | Path) -> dict:
             "job_seconds_by_rule": {k: round(v, 3) for k, v in sorted(by_rule.items())}}
 
 
+def _keep_earlier_benchmarks(meta: dict, previous: Path) -> None:
+    """Re-aggregating a results folder whose Snakemake benchmark files are gone (a fresh
+    clone's committed results/, or a folder merged from runs) keeps the wall time the
+    earlier report measured, marked as such, instead of dropping it."""
+    if (meta.get("benchmarks") or {}).get("jobs") or not previous.exists():
+        return
+    try:
+        old = json.loads(previous.read_text())
+    except (OSError, ValueError):
+        return
+    if (old.get("benchmarks") or {}).get("jobs"):
+        meta["benchmarks"] = dict(old["benchmarks"], kept_from_report_of_utc=old.get("generated_utc"))
+        meta["wall_time_s"] = old.get("wall_time_s")
+
+
 def _utc(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
@@ -289,6 +304,7 @@ def report(results: str | Path = "results", out: str | Path | None = None, workf
 
     meta = run_metadata(results, runs, timing, ctx, Path(benchmarks_dir) if benchmarks_dir else None,
                         Path(start_marker) if start_marker else None, grid)
+    _keep_earlier_benchmarks(meta, out / "run_metadata.json")
     atomic_write_text(out / "run_metadata.json", json.dumps(meta, indent=2, default=str) + "\n")
     atomic_write_text(out / "README.md", readme(out, tables, figs, meta, runs, bench_files))
     log(f"report: {len(runs)} evaluated runs -> {len(written)} table files, {len(figs)} figures in {out}")
