@@ -17,6 +17,7 @@ COMMANDS = {
     "metrics": ("ecdp.metrics", "PSNR, SSIM and LPIPS of two images or two folders"),
     "evaluate": ("ecdp.evaluation", "super-resolve a test set with a checkpoint and score it"),
     "time": ("ecdp.timing", "seconds per image and NFE of a method's sampler"),
+    "fit-grid": ("ecdp.sampler_study", "fit a few-step sampler's time grid to a trained ECDP (issue 17)"),
     "report": ("ecdp.report.cli", "aggregate run metrics into the paper's tables and figures"),
 }
 

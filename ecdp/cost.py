@@ -149,7 +149,7 @@ def quality_step_flops(*, score_step: int, per_image: int, per_nfe: int, batch: 
 
 def sampler_nfe(sampler: dict, measured: dict | None = None, chain_length: int | None = None) -> int:
     """NFE of one image with ``sampler``.  Fixed-step samplers by their definition
-    (:mod:`ecdp.sampling`: dpmpp_1 / dpmpp_2m ``steps``, heun 2 ``steps``, rk4 4 ``steps``,
+    (:mod:`ecdp.sampling`: dpmpp_1 / dpmpp_2m / dpmpp_3m / unipc ``steps``, heun 2 ``steps``, rk4 4 ``steps``,
     reverse_sde ``steps``, ddpm_chain ``steps - stop``; DDPM chains ``steps`` or the whole
     training chain ``chain_length``); adaptive ODE solvers from ``measured``, a dict
     ``(method, tolerance) -> NFE`` (taken from a committed sampler study)."""
@@ -160,7 +160,7 @@ def sampler_nfe(sampler: dict, measured: dict | None = None, chain_length: int |
         if not measured or key not in measured:
             raise ValueError(f"no measured NFE for the ODE solver {key}")
         return int(round(measured[key]))
-    if name in ("dpmpp_1", "dpmpp_2m", "reverse_sde"):
+    if name in ("dpmpp_1", "dpmpp_2m", "dpmpp_3m", "unipc", "reverse_sde"):   # unipc: the corrector reuses the next NFE
         return int(steps)
     if name == "heun":
         return 2 * int(steps)

@@ -24,6 +24,72 @@ def sampler_family(stats: dict, options: dict) -> str:
     return family + (f"-{stats['grid']}" if stats.get("grid") else "")
 
 
+#: The ODE's accurate solution a fitted grid is fitted to (the shipped studies' accurate solver).
+FIT_REFERENCE = {"name": "ode", "method": "dopri5", "atol": 1e-6, "rtol": 1e-6}
+#: Defaults of a fit (``fit`` options of a sampler entry ``grid: fitted``, ``ecdp fit-grid``):
+#: two training images, 16x16 LR centre crops, at most 100 solves per image.
+FIT_DEFAULTS = {"images": 2, "lr_crop": 16, "max_evals": 100}
+
+
+def fit_grid(method, dataset_root: str | os.PathLike, sampler: dict, *, seed: int = 0, images: int = 2,
+             lr_crop: int | None = 16, max_evals: int = 100, reference: dict | None = None) -> dict:
+    """Fit ``sampler``'s time grid (a fixed-step sampler with ``steps``) to a trained model
+    on the first ``images`` *training* images (never the test set the study scores):
+    :func:`ecdp.sampling.fit_time_grid` minimising the mean RMS distance, in 8-bit levels,
+    of the sampler's image from the accurate ODE solution (``reference``, default
+    :data:`FIT_REFERENCE`) of the same x(T) (image i: seed + i).  Returns a record:
+    ``sampler`` (the options with ``grid`` = the fitted fractions), ``error_uniform`` /
+    ``error_fitted`` (levels, on the fitting images), ``evaluations``, and what it was
+    fitted on."""
+    from .data import PairedImages, read_meta
+    from .sampling import fit_time_grid
+
+    if isinstance(method, (str, os.PathLike)):
+        from .checkpoint import load_method
+
+        method, _ = load_method(method, "cuda" if torch.cuda.is_available() else "cpu")
+    method.eval()
+    dev = method_device(method)
+    scale = int(read_meta(dataset_root)["scale"])
+    train = PairedImages(dataset_root, "train", limit=images)
+    pairs = [_center_crop(lr, hr, lr_crop, scale)[0] for hr, lr, _ in (train[i] for i in range(len(train)))]
+    if not pairs:
+        raise ValueError(f"{dataset_root}: no training images to fit a grid on")
+    base = {k: v for k, v in sampler.items() if k not in ("grid", "fit")}
+    if "steps" not in base:
+        raise ValueError(f"grid: fitted needs a fixed-step sampler with steps, got {sampler}")
+    ref = reference or FIT_REFERENCE
+    with torch.no_grad():
+        exact = [sampler_call(method, lr[None].to(dev), ref, seed + i)()[0].double() for i, lr in enumerate(pairs)]
+
+    def error(fractions) -> float:
+        opts = {**base, **({"grid": fractions} if fractions else {})}
+        with torch.no_grad():
+            return sum(255 * float((sampler_call(method, lr[None].to(dev), opts, seed + i)()[0].double() - e)
+                                   .pow(2).mean().sqrt()) for i, (lr, e) in enumerate(zip(pairs, exact))) / len(pairs)
+
+    fractions, info = fit_time_grid(error, int(base["steps"]), max_evals=max_evals)
+    return {"sampler": {**base, **({"grid": fractions} if fractions else {})}, **info,
+            "fitted_on": {"split": "train", "images": len(pairs), "lr_crop": lr_crop, "seed": seed, "reference": ref}}
+
+
+def resolve_fitted(method, dataset_root, samplers: list[dict], seed: int = 0, log=None) -> list[dict]:
+    """``samplers`` with every ``grid: fitted`` entry replaced by its fitted grid
+    (:func:`fit_grid` on this model's training images; options ``fit: {images, lr_crop,
+    max_evals}``, defaults :data:`FIT_DEFAULTS`)."""
+    out = []
+    for opts in samplers:
+        if opts.get("grid") == "fitted":
+            rec = fit_grid(method, dataset_root, opts, seed=seed, **{**FIT_DEFAULTS, **(opts.get("fit") or {})})
+            if log:
+                log(f"fitted grid of {rec['sampler']['name']}-{rec['sampler']['steps']}: {rec['error_uniform']:.3f} -> "
+                    f"{rec['error_fitted']:.3f} levels on {rec['fitted_on']['images']} training images "
+                    f"({rec['evaluations']} solves)")
+            opts = rec["sampler"]
+        out.append(opts)
+    return out
+
+
 def _center_crop(lr: torch.Tensor, hr: torch.Tensor, lr_crop: int | None, scale: int):
     if not lr_crop:
         return lr, hr
@@ -77,6 +143,7 @@ def sampler_study(method, dataset_root: str | os.PathLike, samplers: list[dict],
         method, _ = load_method(method, device or ("cuda" if torch.cuda.is_available() else "cpu"))
     method.eval()
     dev = method_device(method)
+    samplers = resolve_fitted(method, dataset_root, samplers, seed)
     scale = int(read_meta(dataset_root)["scale"])
     test = PairedImages(dataset_root, "test", limit=limit)
     images = [_center_crop(lr, hr, lr_crop, scale) + (stem,) for hr, lr, stem in (test[i] for i in range(len(test)))]
@@ -138,3 +205,54 @@ def summarize_sampler_study(per_image):
                  lpips_vs_accurate=("lpips_vs_accurate", "mean"), n_images=("image", "count"),
                  convention=("convention", "first"), device=("device", "first"))
             .reset_index())
+
+
+# ------------------------------------------------------------------ ecdp fit-grid
+def grids_path(checkpoint: str | os.PathLike):
+    """Where the fitted grids of a checkpoint are stored: beside it, ``<stem>.grids.json``."""
+    from pathlib import Path
+
+    p = Path(checkpoint)
+    return p.with_name(p.stem + ".grids.json")
+
+
+def add_cli(p):
+    p.description = ("Fit a fixed-step sampler's time grid to a trained ECDP on a few training images "
+                     "(minimising the solver error against dopri5 at 1e-6) and store it beside the checkpoint "
+                     "(<stem>.grids.json); use it with --sampler '{\"name\": ..., \"steps\": N, \"grid\": [...]}'.")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True, help="prepared dataset folder (its train split is used)")
+    p.add_argument("--sampler", required=True, help='JSON, e.g. \'{"name": "unipc", "steps": 5}\'')
+    p.add_argument("--images", type=int, default=FIT_DEFAULTS["images"])
+    p.add_argument("--lr-crop", type=int, default=FIT_DEFAULTS["lr_crop"])
+    p.add_argument("--max-evals", type=int, default=FIT_DEFAULTS["max_evals"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="replace a stored grid of the same sampler and steps")
+
+
+def run_cli(args) -> int:
+    from .cli import CLIError, sampler_option
+    from .evaluation import atomic_write_text
+    from .timing import sampler_label
+
+    opts = sampler_option(args.sampler)
+    if "steps" not in opts:
+        raise CLIError("--sampler: a fixed-step sampler with steps, e.g. '{\"name\": \"unipc\", \"steps\": 5}'")
+    out = grids_path(args.checkpoint)
+    stored = json.loads(out.read_text()) if out.exists() else {}
+    key = sampler_label({"sampler": opts.get("name"), "steps": opts["steps"]}, opts)
+    if key in stored and not args.force:
+        raise CLIError(f"{out} already holds a grid for {key} (--force replaces it)")
+    try:
+        rec = fit_grid(args.checkpoint, args.data, opts, seed=args.seed, images=args.images,
+                       lr_crop=args.lr_crop or None, max_evals=args.max_evals)
+    except (ValueError, FileNotFoundError) as e:
+        raise CLIError(str(e)) from None
+    from .provenance import record
+
+    stored[key] = {**rec, "provenance": record(seed=args.seed, device="cuda" if torch.cuda.is_available() else "cpu")}
+    atomic_write_text(out, json.dumps(stored, indent=2, default=str) + "\n")
+    print(f"{key}: solver error {rec['error_uniform']:.3f} -> {rec['error_fitted']:.3f} levels on "
+          f"{rec['fitted_on']['images']} training images ({rec['evaluations']} solves); "
+          f"grid {json.dumps(rec['sampler'].get('grid'))} -> {out}")
+    return 0

@@ -348,7 +348,24 @@ def t_from_log_snr(sde: ConditionalVPSDE, lam: Tensor) -> Tensor:
 
 
 #: Time grids of the fixed-step samplers (``grid`` option); ``logsnr`` is the default.
+#: Besides these names, ``grid`` may be a list of ``steps - 1`` increasing fractions in
+#: (0, 1): the interior grid points' positions in log-SNR between T and t_eps (a grid
+#: fitted to a trained model by :func:`fit_time_grid`, ``ecdp fit-grid``).
 GRIDS = ("logsnr", "time_uniform", "time_quadratic", "edm")
+
+
+def check_fractions(fractions, steps: int) -> list[float]:
+    """A fitted grid (``grid`` as a list) as floats, or ``ValueError`` saying what is wrong."""
+    try:
+        fr = [float(f) for f in fractions]
+    except (TypeError, ValueError):
+        raise ValueError(f"sampler option grid: a name of {GRIDS} or a list of fractions, got {fractions!r}") from None
+    if len(fr) != int(steps) - 1:
+        raise ValueError(f"sampler option grid: a fitted grid of {steps} steps has {int(steps) - 1} interior "
+                         f"fractions, got {len(fr)}")
+    if not all(a < b for a, b in zip([0.0] + fr, fr + [1.0])):
+        raise ValueError(f"sampler option grid: fractions must increase strictly inside (0, 1), got {fr}")
+    return fr
 
 
 def time_grid(sde: ConditionalVPSDE, steps: int, dtype=torch.float32, device=None, grid: str = "logsnr",
@@ -364,7 +381,10 @@ def time_grid(sde: ConditionalVPSDE, steps: int, dtype=torch.float32, device=Non
     n = int(steps) + 1
     ends = torch.tensor([sde.T, sde.t_eps], dtype=torch.float64)
     lam0, lam1 = float(log_snr(sde, ends[0])), float(log_snr(sde, ends[1]))
-    if grid == "logsnr":
+    if not isinstance(grid, str):   # a fitted grid: interior points as fractions of the log-SNR span
+        u = torch.tensor([0.0, *check_fractions(grid, steps), 1.0], dtype=torch.float64)
+        ts = t_from_log_snr(sde, lam0 + u * (lam1 - lam0))
+    elif grid == "logsnr":
         ts = t_from_log_snr(sde, torch.linspace(lam0, lam1, n, dtype=torch.float64))
     elif grid == "time_uniform":
         ts = torch.linspace(sde.T, sde.t_eps, n, dtype=torch.float64)
@@ -380,8 +400,54 @@ def time_grid(sde: ConditionalVPSDE, steps: int, dtype=torch.float32, device=Non
     return ts.to(dtype=dtype, device=device)
 
 
-def _fixed_stats(name: str, nfe: int, steps: int, grid: str) -> dict:
+def _fixed_stats(name: str, nfe: int, steps: int, grid) -> dict:
+    if not isinstance(grid, str):
+        return {"nfe": nfe, "sampler": name, "steps": int(steps), "grid": "fitted",
+                "grid_fractions": [round(float(f), 6) for f in grid]}
     return {"nfe": nfe, "sampler": name, "steps": int(steps), **({} if grid == "logsnr" else {"grid": grid})}
+
+
+def fit_time_grid(error: Callable[[list], float], steps: int, *, max_evals: int = 100) -> tuple[list[float], dict]:
+    """The interior points of a ``steps``-interval grid that minimise ``error(fractions)``
+    (issue 17: a time grid chosen on a trained model, beyond the fixed spacings of
+    :func:`time_grid`).
+
+    ``error``: fractions -> a number; the suite's is the RMS distance (8-bit levels) of a
+    fixed-step sampler's image from the ODE's accurate solution of the same x(T), on a
+    few *training* images (``ecdp fit-grid``, :func:`ecdp.sampler_study.grid_error`):
+    the quantity the sampler study's solver error measures, so the fit minimises the
+    global error of the whole solve, not a per-step local estimate.  Parametrisation:
+    ``steps`` unconstrained logits z (the last fixed at 0), the grid's log-SNR increments
+    are softmax(z), so every candidate is a valid increasing grid; z = 0 is the uniform
+    log-SNR grid, the start.  Optimiser: Nelder-Mead (derivative-free: each evaluation is
+    a full solve) with at most ``max_evals`` evaluations; the uniform grid is kept unless
+    a candidate beats it.  Returns (fractions, {"error_uniform", "error_fitted",
+    "evaluations"})."""
+    import numpy as np
+    from scipy.optimize import minimize
+
+    steps = int(steps)
+    if steps < 2:
+        return [], {"error_uniform": float(error([])), "error_fitted": None, "evaluations": 1}
+
+    def fractions(z) -> list[float]:
+        w = np.exp(np.append(np.asarray(z, dtype=np.float64), 0.0))
+        return [float(f) for f in np.cumsum(w / w.sum())[:-1]]
+
+    seen = {"n": 0}
+
+    def objective(z) -> float:
+        seen["n"] += 1
+        return float(error(fractions(z)))
+
+    z0 = np.zeros(steps - 1)
+    e0 = objective(z0)
+    res = minimize(objective, z0, method="Nelder-Mead",
+                   options={"maxfev": max(1, int(max_evals) - 1), "xatol": 1e-3, "fatol": 1e-4 * max(e0, 1e-12),
+                            "initial_simplex": np.vstack([z0] + [z0 + 0.5 * np.eye(steps - 1)[i]
+                                                                 for i in range(steps - 1)])})
+    best = fractions(res.x) if float(res.fun) < e0 else fractions(z0)
+    return best, {"error_uniform": e0, "error_fitted": min(float(res.fun), e0), "evaluations": seen["n"]}
 
 
 def _dpmpp(denoiser: Denoiser, x_T: Tensor, mu: Tensor, sigma2, sde: ConditionalVPSDE, steps: int,
@@ -615,8 +681,11 @@ def check_options(options: dict) -> None:
         raise ValueError(f"sampler option state: one of {STATES}, got {options['state']!r}")
     if "order" in options and options["order"] not in (1, 2, 3):
         raise ValueError(f"sampler option order: 1, 2 or 3, got {options['order']!r}")
-    if "grid" in options and options["grid"] not in GRIDS:
-        raise ValueError(f"sampler option grid: one of {GRIDS}, got {options['grid']!r}")
+    if "grid" in options and isinstance(options["grid"], (list, tuple)):
+        check_fractions(options["grid"], options.get("steps", inspect.signature(fn).parameters["steps"].default
+                                          if "steps" in inspect.signature(fn).parameters else 1))
+    elif "grid" in options and options["grid"] not in GRIDS:
+        raise ValueError(f"sampler option grid: one of {GRIDS} or a list of fractions, got {options['grid']!r}")
 
 
 def get_sampler(name: str):

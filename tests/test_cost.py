@@ -67,6 +67,7 @@ def test_quality_step_model_and_sampler_nfe():
     assert chain == 100 + 3 * 10
     assert cost.sampler_nfe({"name": "heun", "steps": 5}) == 10
     assert cost.sampler_nfe({"name": "rk4", "steps": 3}) == 12
+    assert cost.sampler_nfe({"name": "dpmpp_3m", "steps": 3}) == 3 and cost.sampler_nfe({"name": "unipc", "steps": 5}) == 5
     assert cost.sampler_nfe({"name": "ddpm_chain", "steps": 300, "stop": 5}) == 295
     assert cost.sampler_nfe({"name": "ancestral", "steps": None}, chain_length=2000) == 2000
     measured = {("dopri5", 1e-4): 121.0}

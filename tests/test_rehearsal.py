@@ -37,6 +37,7 @@ CHANGED = {
     "methods.regression.set.train",
     "studies.table3.hr_size", "studies.table3.repeats", "studies.table3.warmup",
     "studies.figure8.validate", "studies.samplers.limit", "studies.samplers.lr_crop",
+    "variants.ecdp-1step.add_stages", "variants.ecdp-2step.add_stages",
 }
 
 
@@ -195,7 +196,7 @@ def test_reduced_rehearsal_runs_every_rule(tmp_path, weights_dir):
     for rule in mod.REHEARSAL_RULES + mod.PAPER_RULES:
         assert rep["ran"].get(rule, 0) == rep["expected"][rule] >= 1, rule
     kinds = {s["kind"] for r in rep["training"] for s in r["stages"].values()}
-    assert kinds >= {"pretrain", "score", "quality"}
+    assert kinds >= {"pretrain", "score", "quality", "distill"}
     ecdp = next(r for r in rep["training"] if r["run"].startswith("div2k/ecdp-hybrid-c1.0"))
     assert 42e6 < ecdp["params"] < 43.5e6   # Table 6: 42.6M
     assert all(s["seconds_per_step"] > 0 for s in ecdp["stages"].values())
@@ -227,7 +228,8 @@ def test_check_report_names_every_problem():
            "ran": {"train": 2}, "snakemake_rc": 1, "forward_checks": [{"arch": "sr3-imagenet", "error": "oom"}],
            "training": [{"stages": {"pretrain": {"kind": "pretrain"}, "score": {"kind": "score"}}}]}
     assert mod.check_report(rep) == ["rule evaluate: 1 job(s) failed", "rule evaluate: ran 0 of 1 job(s)",
-                                     "no training stage of kind quality ran", "forward check of sr3-imagenet failed: oom",
+                                     "no training stage of kind quality ran", "no training stage of kind distill ran",
+                                     "forward check of sr3-imagenet failed: oom",
                                      "snakemake exited with status 1"]
     ok = {**rep, "failed": {}, "ran": {"train": 2, "evaluate": 1}, "snakemake_rc": 0, "forward_checks": [],
           "training": [{"stages": {k: {"kind": k} for k in mod.STAGE_KINDS}}]}

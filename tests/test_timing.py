@@ -123,3 +123,31 @@ def test_benchmark_tables(tmp_path):
     assert float(sm["bf16"]["per_nfe_vs_fp32"]) == pytest.approx(0.25)
     assert report_main([str(path), str(tmp_path / "o2")]) == 0
     assert report_main([str(tmp_path / "missing.json"), str(tmp_path / "o3")]) == 2
+
+
+def test_fit_grid_cli_stores_beside_checkpoint_and_study_uses_fitted(tiny_ckpt, tiny_data, tmp_path, lpips_weights,
+                                                                      capsys):
+    """`ecdp fit-grid` fits on training images and stores the grid beside the checkpoint
+    (never replaced without --force); a study entry `grid: fitted` fits its own and
+    records the fractions it sampled with."""
+    import shutil
+
+    from ecdp.sampler_study import grids_path
+
+    ck = tmp_path / "final.pt"
+    shutil.copy(tiny_ckpt, ck)
+    args = ["fit-grid", "--checkpoint", str(ck), "--data", str(tiny_data / "tiny4x"),
+            "--sampler", '{"name": "dpmpp_2m", "steps": 3}', "--images", "1", "--lr-crop", "4", "--max-evals", "4"]
+    assert main(args) == 0
+    stored = json.loads(grids_path(ck).read_text())
+    rec = stored["dpmpp_2m-3"]
+    fr = rec["sampler"]["grid"]
+    assert len(fr) == 2 and 0 < fr[0] < fr[1] < 1 and rec["error_fitted"] <= rec["error_uniform"]
+    assert rec["fitted_on"]["split"] == "train" and rec["evaluations"] <= 4 and "git_commit" in rec["provenance"]
+    assert main(args) == 2 and "--force" in capsys.readouterr().err
+    df = sampler_study(ck, tiny_data / "tiny4x", [{"name": "dpmpp_2m", "steps": 3},
+                                                  {"name": "dpmpp_2m", "steps": 3, "grid": "fitted",
+                                                   "fit": {"images": 1, "lr_crop": 4, "max_evals": 2}}],
+                       limit=1, lr_crop=8, device="cpu", accurate=None)
+    assert list(df["sampler"]) == ["dpmpp_2m-3", "dpmpp_2m-3-fitted"]
+    assert len(json.loads(df["options"].iloc[1])["grid"]) == 2

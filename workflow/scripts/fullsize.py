@@ -62,7 +62,7 @@ def paper_div2k_config() -> dict:
     return grid.cell("div2k", "ecdp-hybrid-c1.0").run_config(0)
 
 
-def measured_dopri5_nfe(path: Path = ROOT / "results" / "tables" / "samplers.csv") -> dict:
+def measured_dopri5_nfe(path: Path = ROOT / "results" / "tables" / "samplers_embedded-div2k-ecdp-hybrid-c1.0-seed0.csv") -> dict:
     """(method, tolerance) -> NFE of the committed sampler study (embedded DIV2K, CPU)."""
     import pandas as pd
 
@@ -348,7 +348,7 @@ def markdown(rows: list[dict], s: dict) -> str:
     lines += [f"**Full image (2040x1356 HR)**: {s['full_flops_per_nfe'] / 1e12:.1f} TFLOP per NFE, "
               f"{s['full_flops_cond'] / 1e12:.1f} TFLOP of conditioning; with dopri5 at 1e-4 "
               f"(ASSUMPTION: {s['dopri5_1e-4_nfe']:.0f} NFE, the embedded-DIV2K sampler study, results/tables/"
-              f"samplers.csv; NFE on full images of a trained model may differ) {s['full_flops_dopri5'] / 1e12:.0f} "
+              f"samplers_embedded-div2k-ecdp-hybrid-c1.0-seed0.csv; NFE on full images of a trained model may differ) {s['full_flops_dopri5'] / 1e12:.0f} "
               f"TFLOP per image, about {s['full_cpu_s_dopri5'] / 3600:.1f} CPU-hours on one core here.", "",
               f"**GPU memory estimate** (float32, batch 1) = activations ({s['full_activation_model_gib']:.1f} GiB "
               f"by the model, {s['full_activation_rss_fit_gib']:.1f} GiB by the CPU fit) + dopri5 state + weights "

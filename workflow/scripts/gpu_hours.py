@@ -42,7 +42,7 @@ TEST_SETS = {"div2k": (100, 339, 510), "imagenet": (5000, 64, 64), "celeba": (50
 SCALES = {"div2k": 4, "imagenet": 4, "celeba": 8}
 
 
-def measured_nfe(path: Path = ROOT / "results" / "tables" / "samplers.csv") -> dict:
+def measured_nfe(path: Path = ROOT / "results" / "tables" / "samplers_embedded-div2k-ecdp-hybrid-c1.0-seed0.csv") -> dict:
     """(solver, tolerance) -> NFE of the committed sampler study (embedded DIV2K, trained model)."""
     sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
     from fullsize import measured_dopri5_nfe
@@ -61,6 +61,15 @@ def stage_flops(method, cfg: dict, stage: dict, nfe_table: dict, cache: dict) ->
 
     patch, scale = int(cfg["data"]["patch"]), method.scale
     batch = int(stage["batch"])
+    if stage["kind"] == "distill":   # the teacher's solve (no gradient) + K student steps (ECDP.distill_loss)
+        from ecdp.model import DISTILL_TEACHER_SAMPLER
+
+        teacher = {"name": "ode", **DISTILL_TEACHER_SAMPLER, **((cfg.get("distill") or {}).get("teacher_sampler") or {})}
+        nfe = cost.sampler_nfe(teacher, nfe_table)
+        f = cost.image_flops(method, (patch // scale, patch // scale))
+        k = int((cfg.get("sampler") or {}).get("steps") or 1)
+        student = cost.train_step_flops(method, {**stage, "kind": "score"}, batch, patch)
+        return k * student + batch * (f["per_image"] + nfe * f["per_nfe"]), {"nfe": nfe}
     if stage["kind"] != "quality":
         return cost.train_step_flops(method, stage, batch, patch), {}
     q = cfg.get("quality") or {}
@@ -180,7 +189,7 @@ def markdown(rules: list[dict], rows: list[dict], peaks: dict, utilisation: floa
                      f"{r['units']} {r['unit']} | {r['nfe']} | {r['flops'] / 1e15:,.1f} |")
     lines += ["", "Assumptions: the quality stage's backward takes as many NFE as its forward (adjoint: 3 forward "
               "costs per backward NFE; a checkpointed chain: 3 per step); dopri5's NFE from the embedded-DIV2K "
-              "sampler study (results/tables/samplers.csv), which may differ on full images and other datasets; "
+              "sampler study (results/tables/samplers_embedded-div2k-ecdp-hybrid-c1.0-seed0.csv), which may differ on full images and other datasets; "
               "DIV2K test images at 2040x1356; FLOPs count matmuls and convolutions only."]
     return "\n".join(lines) + "\n"
 

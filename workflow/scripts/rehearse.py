@@ -41,11 +41,13 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "config" / "rehearsal.yaml"
 #: every rule of the paper DAG (rule all is Snakemake's target, not a job of its own)
-PAPER_RULES = ("prepare_dataset", "fetch_weights", "train", "evaluate", "time_table3", "sampler_study", "aggregate")
+PAPER_RULES = ("prepare_dataset", "fetch_weights", "train", "evaluate", "time_table3", "sampler_study",
+               "sampler_students", "aggregate")
 #: the rehearsal's own rules, before the paper DAG's (config `fixture_archives`)
 REHEARSAL_RULES = ("fixture_archives",)
-#: the training stage kinds the paper DAG runs (ECDP: all three; quality through odeint_adjoint)
-STAGE_KINDS = ("pretrain", "score", "quality")
+#: the training stage kinds the paper DAG runs (ECDP: pretrain, score, quality through
+#: odeint_adjoint; its distilled students: distill)
+STAGE_KINDS = ("pretrain", "score", "quality", "distill")
 #: benchmark folder (RESULTS/logs/benchmarks/<folder>/...) -> rule
 BENCH_RULES = {"fixtures": "fixture_archives", "prepare": "prepare_dataset", "weights": "fetch_weights",
                "train": "train", "evaluate": "evaluate", "time": "time_table3", "samplers": "sampler_study"}
@@ -66,7 +68,8 @@ NOT_ON_CPU = [
 ]
 #: added to :data:`NOT_ON_CPU` by ``--reduced``
 NOT_ON_CPU_REDUCED = [
-    "Reduced rehearsal only: ECDP's ODE tolerances loosened to 1e-2 (test time, Table 3, sampler study reference) "
+    "Reduced rehearsal only: ECDP's ODE tolerances loosened to 1e-2 (test time, Table 3, sampler study reference, "
+    "the distilled student's teacher solve) "
     "and 1e-1 (the quality stage's odeint_adjoint solve), from the paper's 1e-4, to fit CI (REDUCED_TOL).",
 ]
 
@@ -87,17 +90,25 @@ def reduce_config(cfg: dict) -> dict:
     """The reduced rehearsal (CI): DIV2K only; ECDP (every training stage kind: pretrain,
     score, quality) and bicubic in Table 1 and Table 3, the sampler study (dopri5 at two
     tolerances, the second its accurate solver, and DPM-Solver++(2M) with 5 steps) on a
-    8x8 LR crop (32x32 HR: LPIPS-Alex needs 31 px), no Figure 8 validation; training on one patch of 16 px per step
-    (batch 1, :data:`REDUCED_PATCH`);
-    ECDP's ODE tolerances loosened to :data:`REDUCED_TOL`; claims narrowed to what is left."""
+    8x8 LR crop (32x32 HR: LPIPS-Alex needs 31 px), no Figure 8 validation; the 1-step
+    distilled student (stage kind distill) in Table 1 and the study's students rows;
+    training on one patch of 16 px per step (batch 1, :data:`REDUCED_PATCH`);
+    ECDP's ODE tolerances, the student's teacher solve among them, loosened to
+    :data:`REDUCED_TOL`; claims narrowed to what is left."""
     out = copy.deepcopy(cfg)
     out["datasets"] = {"div2k": copy.deepcopy(out["datasets"]["div2k"])}
     out["datasets"]["div2k"]["set"]["data"]["patch"] = REDUCED_PATCH
     for method in out["methods"].values():
         for stage in method.get("set", {}).get("train", {}).get("stages", []):
             stage["batch"] = 1
-    keep = ["ecdp-hybrid-c1.0", "bicubic"]
+    student = "ecdp-1step" if "ecdp-1step" in out.get("variants", {}) else None
+    keep = ["ecdp-hybrid-c1.0", "bicubic"] + ([student] if student else [])
     tol = REDUCED_TOL
+    if student:
+        var = out["variants"][student]
+        var["add_stages"] = [{**st, "batch": 1} for st in var.get("add_stages", [])]
+        var["set"] = {**var.get("set", {}), "distill": {**var.get("set", {}).get("distill", {}),
+                                                        "teacher_sampler": {"atol": tol["sampler"], "rtol": tol["sampler"]}}}
     ecdp = out["methods"]["ecdp"]["set"]
     ecdp["sampler"] = {**ecdp.get("sampler", {}), "atol": tol["sampler"], "rtol": tol["sampler"]}
     ecdp["quality"] = {**ecdp.get("quality", {}), "sampler": {**ecdp.get("quality", {}).get("sampler", {}),
@@ -107,7 +118,7 @@ def reduce_config(cfg: dict) -> dict:
         "table1": {"dataset": "div2k", "variants": keep},
         "table3": {**out["studies"]["table3"], "dataset": "div2k", "variants": ["ecdp-hybrid-c1.0"]},
         "samplers": {**out["studies"]["samplers"], "accurate": 1,
-                     "samplers": ode + [{"name": "dpmpp_2m", "steps": 5}]},
+                     "samplers": ode + [{"name": "dpmpp_2m", "steps": 5}], "students": [student] if student else []},
     }
     out["claims"] = [c for c in (narrow_claim(c, {"div2k"}, set(keep)) for c in out.get("claims", [])) if c]
     return out
@@ -217,7 +228,10 @@ def read_benchmarks(bench_dir: Path) -> list[dict]:
             rec = next(csv.DictReader(f, delimiter="\t"), None)
         if not rec:
             continue
-        rows.append({"rule": BENCH_RULES.get(rel.parts[0], rel.parts[0]), "job": str(Path(*rel.parts[1:]).with_suffix("")),
+        rule = BENCH_RULES.get(rel.parts[0], rel.parts[0])
+        if rule == "sampler_study" and rel.name.startswith("students_"):   # the same folder, rule sampler_students
+            rule = "sampler_students"
+        rows.append({"rule": rule, "job": str(Path(*rel.parts[1:]).with_suffix("")),
                      "seconds": _num(rec.get("s")), "max_rss_mb": _num(rec.get("max_rss"))})
     return rows
 
@@ -326,7 +340,9 @@ def expected_rules(cfg: dict) -> dict:
             "fetch_weights": 1,
             "train": sum(len(grid.training_seeds(c)) for c in grid.training_cells()),
             "evaluate": len(grid.cell_targets("x")), "time_table3": int(bool(studies.get("table3"))),
-            "sampler_study": len(grid.study_seeds("samplers")) if studies.get("samplers") else 0, "aggregate": 1}
+            "sampler_study": len(grid.study_seeds("samplers")) if studies.get("samplers") else 0,
+            "sampler_students": len(grid.student_seeds()) if (studies.get("samplers") or {}).get("students")
+            else 0, "aggregate": 1}
 
 
 def check_report(rep: dict) -> list[str]:
