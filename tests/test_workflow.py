@@ -97,9 +97,11 @@ def test_dry_run_paper_config(tmp_path):
     out, counts = dry_run(tmp_path, "--configfile", str(ROOT / "config" / "paper.yaml"))
     assert counts["prepare_dataset"] == 3 and "prepare_embedded" not in counts
     # + the CelebA U-Net blocks row, which runs on CelebA in the paper profile, + the floors
-    # (bicubic, regression) on the three datasets
-    assert counts["train"] == 22 + 6 and counts["evaluate"] == 23 + 6
+    # (bicubic, regression) on the three datasets, + the distilled students (1 and 2 steps)
+    # on DIV2K and ImageNet (issue 17) and the study's students rows
+    assert counts["train"] == 22 + 6 + 4 and counts["evaluate"] == 23 + 6 + 4
     assert counts["time_table3"] == 1 and counts["sampler_study"] == 1 and counts["aggregate"] == 1
+    assert counts["sampler_students"] == 1
     for target in ("results/runs/div2k/ecdp-hybrid-c1.0/seed0/metrics.csv",
                    "results/runs/imagenet/ecdp-hybrid-c1.0/seed0/metrics.csv",
                    "results/runs/celeba/ecdp-paper-but-celeba_blocks/seed0/metrics.csv",
