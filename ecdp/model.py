@@ -114,6 +114,12 @@ PAPER_SAMPLER = {"name": "ode", "method": "dopri5", "atol": 1e-4, "rtol": 1e-4, 
 #: The distilled student's teacher solve (config ``distill.teacher_sampler``, options of
 #: :func:`ecdp.sampling.ode_trajectory`): the paper's sampler without its name.
 DISTILL_TEACHER_SAMPLER = {k: v for k, v in PAPER_SAMPLER.items() if k != "name"}
+
+
+def teacher_solve_options(cfg: dict) -> dict:
+    """The distilled student's teacher solve of a run config: :data:`DISTILL_TEACHER_SAMPLER`
+    with ``distill.teacher_sampler`` on top (options of :func:`ecdp.sampling.ode_trajectory`)."""
+    return {**DISTILL_TEACHER_SAMPLER, **((cfg.get("distill") or {}).get("teacher_sampler") or {})}
 #: The one sampler a distilled student samples with (its ``sampler.name``).
 STUDENT_SAMPLER = "dpmpp_1"
 
@@ -249,7 +255,7 @@ class ECDP(Method):
         if unknown:   # the options of ode_trajectory, the teacher's solve
             raise ValueError(f"distill.teacher_sampler: no option(s) {unknown}; its options: "
                              f"{sorted(set(DISTILL_TEACHER_SAMPLER) | {'step_size'})}")
-        check_options({"name": "ode", **DISTILL_TEACHER_SAMPLER, **teacher})
+        check_options({"name": "ode", **teacher_solve_options(cfg)})
 
     @classmethod
     def check_sampler(cls, cfg: dict, options: dict) -> None:
@@ -390,9 +396,8 @@ class ECDP(Method):
         with torch.no_grad():
             x_T = self.sde.prior_sample(mu, self.sigma2)
             ts = time_grid(self.sde, k, x_T.dtype, x_T.device, s.get("grid", "logsnr"))
-            opts = {**DISTILL_TEACHER_SAMPLER, **((self.cfg.get("distill") or {}).get("teacher_sampler") or {})}
             xs, _ = ode_trajectory(teacher.denoiser(mu, teacher.encoder(lr)), x_T, mu, self.sigma2, teacher.sde,
-                                   ts, **opts)
+                                   ts, **teacher_solve_options(self.cfg))
             lam = log_snr(self.sde, ts.double())
         x_in, target = xs[:-1].flatten(0, 1), xs[1:].flatten(0, 1)      # interval-major: (K B, C, H, W)
         t, t_next = ts[:-1].repeat_interleave(b), ts[1:].repeat_interleave(b)

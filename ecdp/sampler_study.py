@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 
 import torch
@@ -31,8 +32,9 @@ FIT_REFERENCE = {"name": "ode", "method": "dopri5", "atol": 1e-6, "rtol": 1e-6}
 FIT_DEFAULTS = {"images": 2, "lr_crop": 16, "max_evals": 100}
 
 
-def fit_grid(method, dataset_root: str | os.PathLike, sampler: dict, *, seed: int = 0, images: int = 2,
-             lr_crop: int | None = 16, max_evals: int = 100, reference: dict | None = None) -> dict:
+def fit_grid(method, dataset_root: str | os.PathLike, sampler: dict, *, seed: int = 0,
+             images: int = FIT_DEFAULTS["images"], lr_crop: int | None = FIT_DEFAULTS["lr_crop"],
+             max_evals: int = FIT_DEFAULTS["max_evals"], reference: dict | None = None) -> dict:
     """Fit ``sampler``'s time grid (a fixed-step sampler with ``steps``) to a trained model
     on the first ``images`` *training* images (never the test set the study scores):
     :func:`ecdp.sampling.fit_time_grid` minimising the mean RMS distance, in 8-bit levels,
@@ -73,18 +75,17 @@ def fit_grid(method, dataset_root: str | os.PathLike, sampler: dict, *, seed: in
             "fitted_on": {"split": "train", "images": len(pairs), "lr_crop": lr_crop, "seed": seed, "reference": ref}}
 
 
-def resolve_fitted(method, dataset_root, samplers: list[dict], seed: int = 0, log=None) -> list[dict]:
+def resolve_fitted(method, dataset_root, samplers: list[dict], seed: int = 0) -> list[dict]:
     """``samplers`` with every ``grid: fitted`` entry replaced by its fitted grid
     (:func:`fit_grid` on this model's training images; options ``fit: {images, lr_crop,
-    max_evals}``, defaults :data:`FIT_DEFAULTS`)."""
+    max_evals}``, defaults :data:`FIT_DEFAULTS`); each fit's outcome goes to stderr."""
     out = []
     for opts in samplers:
         if opts.get("grid") == "fitted":
             rec = fit_grid(method, dataset_root, opts, seed=seed, **{**FIT_DEFAULTS, **(opts.get("fit") or {})})
-            if log:
-                log(f"fitted grid of {rec['sampler']['name']}-{rec['sampler']['steps']}: {rec['error_uniform']:.3f} -> "
-                    f"{rec['error_fitted']:.3f} levels on {rec['fitted_on']['images']} training images "
-                    f"({rec['evaluations']} solves)")
+            print(f"fitted grid of {rec['sampler']['name']}-{rec['sampler']['steps']}: {rec['error_uniform']:.3f} -> "
+                  f"{rec['error_fitted']:.3f} levels on {rec['fitted_on']['images']} training images "
+                  f"({rec['evaluations']} solves)", file=sys.stderr)
             opts = rec["sampler"]
         out.append(opts)
     return out

@@ -414,7 +414,7 @@ def fit_time_grid(error: Callable[[list], float], steps: int, *, max_evals: int 
 
     ``error``: fractions -> a number; the suite's is the RMS distance (8-bit levels) of a
     fixed-step sampler's image from the ODE's accurate solution of the same x(T), on a
-    few *training* images (``ecdp fit-grid``, :func:`ecdp.sampler_study.grid_error`):
+    few *training* images (``ecdp fit-grid``, :func:`ecdp.sampler_study.fit_grid`):
     the quantity the sampler study's solver error measures, so the fit minimises the
     global error of the whole solve, not a per-step local estimate.  Parametrisation:
     ``steps`` unconstrained logits z (the last fixed at 0), the grid's log-SNR increments
@@ -663,7 +663,8 @@ def check_options(options: dict) -> None:
 
     name = options.get("name", "ode")
     fn = get_sampler(name)
-    params = list(inspect.signature(fn).parameters)[5:]
+    sig = inspect.signature(fn).parameters
+    params = list(sig)[5:]
     allowed = {"name"} | {p for p in params if p not in _INTERNAL}
     unknown = sorted(set(options) - allowed)
     if unknown:
@@ -682,8 +683,7 @@ def check_options(options: dict) -> None:
     if "order" in options and options["order"] not in (1, 2, 3):
         raise ValueError(f"sampler option order: 1, 2 or 3, got {options['order']!r}")
     if "grid" in options and isinstance(options["grid"], (list, tuple)):
-        check_fractions(options["grid"], options.get("steps", inspect.signature(fn).parameters["steps"].default
-                                          if "steps" in inspect.signature(fn).parameters else 1))
+        check_fractions(options["grid"], options.get("steps", sig["steps"].default if "steps" in sig else 1))
     elif "grid" in options and options["grid"] not in GRIDS:
         raise ValueError(f"sampler option grid: one of {GRIDS} or a list of fractions, got {options['grid']!r}")
 

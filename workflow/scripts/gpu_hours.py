@@ -62,10 +62,9 @@ def stage_flops(method, cfg: dict, stage: dict, nfe_table: dict, cache: dict) ->
     patch, scale = int(cfg["data"]["patch"]), method.scale
     batch = int(stage["batch"])
     if stage["kind"] == "distill":   # the teacher's solve (no gradient) + K student steps (ECDP.distill_loss)
-        from ecdp.model import DISTILL_TEACHER_SAMPLER
+        from ecdp.model import teacher_solve_options
 
-        teacher = {"name": "ode", **DISTILL_TEACHER_SAMPLER, **((cfg.get("distill") or {}).get("teacher_sampler") or {})}
-        nfe = cost.sampler_nfe(teacher, nfe_table)
+        nfe = cost.sampler_nfe({"name": "ode", **teacher_solve_options(cfg)}, nfe_table)
         f = cost.image_flops(method, (patch // scale, patch // scale))
         k = int((cfg.get("sampler") or {}).get("steps") or 1)
         student = cost.train_step_flops(method, {**stage, "kind": "score"}, batch, patch)
