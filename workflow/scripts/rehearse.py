@@ -81,6 +81,12 @@ NOT_ON_CPU_REDUCED = [
 #: the quality stage multiplies (forward + adjoint) and CI cannot afford; the full
 #: rehearsal keeps 1e-4.
 REDUCED_TOL = {"sampler": 1e-2, "quality": 1e-1}
+#: the reduced rehearsal's fitted grid (UniPC, 3 steps): one training image, a 4x4 LR crop,
+#: 3 solves, fitted to the reduced study's accurate solver (dopri5 at REDUCED_TOL / 10)
+#: instead of 1e-6
+REDUCED_FIT = {"images": 1, "lr_crop": 4, "max_evals": 3,
+               "reference": {"name": "ode", "method": "dopri5", "atol": REDUCED_TOL["sampler"] / 10,
+                             "rtol": REDUCED_TOL["sampler"] / 10}}
 #: HR training patch of the reduced rehearsal (full rehearsal: 32): 4x4 LR, the U-Net's
 #: four levels down to 2x2
 REDUCED_PATCH = 16
@@ -89,7 +95,8 @@ REDUCED_PATCH = 16
 def reduce_config(cfg: dict) -> dict:
     """The reduced rehearsal (CI): DIV2K only; ECDP (every training stage kind: pretrain,
     score, quality) and bicubic in Table 1 and Table 3, the sampler study (dopri5 at two
-    tolerances, the second its accurate solver, and DPM-Solver++(2M) with 5 steps) on a
+    tolerances, the second its accurate solver, DPM-Solver++(2M) with 5 steps and UniPC
+    with 3 steps on a grid fitted to the model, :data:`REDUCED_FIT`) on a
     8x8 LR crop (32x32 HR: LPIPS-Alex needs 31 px), no Figure 8 validation; the 1-step
     distilled student (stage kind distill) in Table 1 and the study's students rows;
     training on one patch of 16 px per step (batch 1, :data:`REDUCED_PATCH`);
@@ -118,7 +125,9 @@ def reduce_config(cfg: dict) -> dict:
         "table1": {"dataset": "div2k", "variants": keep},
         "table3": {**out["studies"]["table3"], "dataset": "div2k", "variants": ["ecdp-hybrid-c1.0"]},
         "samplers": {**out["studies"]["samplers"], "accurate": 1,
-                     "samplers": ode + [{"name": "dpmpp_2m", "steps": 5}], "students": [student] if student else []},
+                     "samplers": ode + [{"name": "dpmpp_2m", "steps": 5},
+                                        {"name": "unipc", "steps": 3, "grid": "fitted", "fit": REDUCED_FIT}],
+                     "students": [student] if student else []},
     }
     out["claims"] = [c for c in (narrow_claim(c, {"div2k"}, set(keep)) for c in out.get("claims", [])) if c]
     return out
