@@ -82,11 +82,8 @@ NOT_ON_CPU_REDUCED = [
 #: rehearsal keeps 1e-4.
 REDUCED_TOL = {"sampler": 1e-2, "quality": 1e-1}
 #: the reduced rehearsal's fitted grid (UniPC, 3 steps): one training image, a 4x4 LR crop,
-#: 3 solves, fitted to the reduced study's accurate solver (dopri5 at REDUCED_TOL / 10)
-#: instead of 1e-6
-REDUCED_FIT = {"images": 1, "lr_crop": 4, "max_evals": 3,
-               "reference": {"name": "ode", "method": "dopri5", "atol": REDUCED_TOL["sampler"] / 10,
-                             "rtol": REDUCED_TOL["sampler"] / 10}}
+#: 3 solves; :func:`reduce_config` fits it to the reduced study's accurate solver instead of 1e-6
+REDUCED_FIT = {"images": 1, "lr_crop": 4, "max_evals": 3}
 #: HR training patch of the reduced rehearsal (full rehearsal: 32): 4x4 LR, the U-Net's
 #: four levels down to 2x2
 REDUCED_PATCH = 16
@@ -126,7 +123,7 @@ def reduce_config(cfg: dict) -> dict:
         "table3": {**out["studies"]["table3"], "dataset": "div2k", "variants": ["ecdp-hybrid-c1.0"]},
         "samplers": {**out["studies"]["samplers"], "accurate": 1,
                      "samplers": ode + [{"name": "dpmpp_2m", "steps": 5},
-                                        {"name": "unipc", "steps": 3, "grid": "fitted", "fit": REDUCED_FIT}],
+                                        {"name": "unipc", "steps": 3, "grid": "fitted", "fit": {**REDUCED_FIT, "reference": ode[1]}}],
                      "students": [student] if student else []},
     }
     out["claims"] = [c for c in (narrow_claim(c, {"div2k"}, set(keep)) for c in out.get("claims", [])) if c]
