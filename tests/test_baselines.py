@@ -306,7 +306,8 @@ SHORT = {
 }
 
 
-@pytest.mark.parametrize("name", list(SHORT))
+# sr3pp (the quality stage through SR3's chain) is slow (> 5 s): CI runs it (.ci/run)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "sr3pp" else n for n in SHORT])
 def test_tiny_config_trains_and_super_resolves(tiny_data, tmp_path, name):
     from ecdp.cli import main as ecdp_main
     from ecdp.imageio import load_image, save_image

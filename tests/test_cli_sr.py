@@ -37,6 +37,7 @@ def write_inputs(folder):
     return paths
 
 
+@pytest.mark.slow   # > 5 s: CI runs it (.ci/run), the fast suite stays under 3 min
 def test_sr_odd_sizes_and_modes(checkpoint, tmp_path):
     paths = write_inputs(tmp_path)
     out = tmp_path / "out"
@@ -75,6 +76,7 @@ def test_sr_bad_checkpoint(tmp_path, capsys):
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow   # > 5 s: CI runs it (.ci/run), the fast suite stays under 3 min
 def test_params_within_two_percent(capsys):
     assert main(["params"]) == 0
     out = capsys.readouterr().out

@@ -142,6 +142,7 @@ def test_a_teacher_with_another_prior_is_refused(tiny_data, tmp_path):
         student.set_stage(DISTILL)
 
 
+@pytest.mark.slow   # > 5 s: CI runs it (.ci/run), the fast suite stays under 3 min
 def test_two_step_student_trains_from_the_teachers_stage_state(tiny_data, tmp_path, capsys):
     """The student starts from the teacher's stage state (its EMA weights), trains with
     the loop, samples in K NFE, and the sampler study scores it against the teacher's

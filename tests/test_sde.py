@@ -2,6 +2,7 @@
 ODE (eq. 13) checked against simulation and closed forms."""
 import math
 
+import pytest
 import torch
 
 from ecdp.sampling import sample_ode
@@ -29,6 +30,7 @@ def test_alpha_closed_form():
     torch.testing.assert_close(SDE.t_from_log_alpha(SDE.log_alpha(t)), t, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow   # > 5 s: CI runs it (.ci/run), the fast suite stays under 3 min
 def test_proposition1_mean_and_variance_preserved():
     """Non-Gaussian x(0) (a skewed two-point mixture) with mean mu, variance sigma^2."""
     gen = torch.Generator().manual_seed(0)
@@ -45,6 +47,7 @@ def test_proposition1_mean_and_variance_preserved():
         assert abs(float(x.var()) / sigma2 - 1) < 0.02, (t, float(x.var()))
 
 
+@pytest.mark.slow   # > 5 s: CI runs it (.ci/run), the fast suite stays under 3 min
 def test_transition_kernel_matches_simulation():
     """Conditioned on one x(0), x(t) ~ N(mu_hat, sigma_hat^2) (eqs. 9-11)."""
     gen = torch.Generator().manual_seed(1)

@@ -125,6 +125,7 @@ def test_benchmark_tables(tmp_path):
     assert report_main([str(tmp_path / "missing.json"), str(tmp_path / "o3")]) == 2
 
 
+@pytest.mark.slow   # > 5 s: CI runs it (.ci/run), the fast suite stays under 3 min
 def test_fit_grid_cli_stores_beside_checkpoint_and_study_uses_fitted(tiny_ckpt, tiny_data, tmp_path, lpips_weights,
                                                                       capsys):
     """`ecdp fit-grid` fits on training images and stores the grid beside the checkpoint

@@ -27,7 +27,7 @@ def test_lr_schedule():
     assert lr_factor(3, 0, [3]) == 0.5
 
 
-@pytest.mark.parametrize("kill_at", [6, pytest.param(11, marks=pytest.mark.slow)])  # mid-stage; stage boundary (slow)
+@pytest.mark.parametrize("kill_at", [pytest.param(k, marks=pytest.mark.slow) for k in (6, 11)])  # mid-stage; stage boundary
 def test_resume_after_kill_is_bit_identical(tiny_data, tmp_path, monkeypatch, kill_at):
     cfg = tiny_config(tiny_data, **SHORT)
     ref = ckpt.load(train(cfg, tmp_path / "ref"))["model"]
@@ -59,6 +59,7 @@ def test_resume_after_kill_is_bit_identical(tiny_data, tmp_path, monkeypatch, ki
     assert records("run") == records("ref")
 
 
+@pytest.mark.slow   # > 5 s: CI runs it (.ci/run), the fast suite stays under 3 min
 def test_quality_stage_changes_weights_and_logs(tiny_data, tmp_path):
     cfg = tiny_config(tiny_data, **SHORT)
     t = Trainer(cfg, tmp_path / "q")
@@ -74,6 +75,7 @@ def test_quality_stage_changes_weights_and_logs(tiny_data, tmp_path):
     assert json.loads((tmp_path / "q" / "provenance.json").read_text())["quality_loss"]["pretrained"] is False
 
 
+@pytest.mark.slow   # > 5 s: CI runs it (.ci/run), the fast suite stays under 3 min
 def test_fresh_start_does_not_append_to_old_logs(tiny_data, tmp_path):
     """`--resume` with no checkpoint is a fresh start: an older log.jsonl (a committed
     results/ folder, a cleaned-up run) must not be mixed into the new one."""

@@ -146,6 +146,7 @@ def test_snakemake_lint_reports_nothing_other_configs(tmp_path, config):
     assert not findings, findings[-6000:]
 
 
+@pytest.mark.slow   # > 5 s: CI runs it (.ci/run), the fast suite stays under 3 min
 def test_cell_not_in_grid_fails_clearly(tmp_path):
     res = snakemake(tmp_path, "-n", "--cores", "1", "results/runs/embedded-div2k/no-such-variant/seed0/metrics.csv",
                     check=False)
@@ -159,27 +160,28 @@ def _write(tmp_path: Path, cfg: dict) -> Path:
     return path
 
 
+# three cases in the fast run, the rest marked slow (> 5 s each: one snakemake dry run per case; CI runs them)
 @pytest.mark.parametrize("mutate, message", [
     (lambda c: c.update(seeds="zero"), "'zero' is not of type 'array'"),
-    (lambda c: c.pop("studies"), "'studies' is a required property"),
-    (lambda c: c["studies"]["table1"].update(variants="ecdp"), "is not of type 'array'"),
-    (lambda c: c.update(device="gpu"), "does not match"),
-    (lambda c: c.update(unknown_key=1), "Additional properties are not allowed"),
+    pytest.param(lambda c: c.pop("studies"), "'studies' is a required property", marks=pytest.mark.slow),
+    pytest.param(lambda c: c["studies"]["table1"].update(variants="ecdp"), "is not of type 'array'", marks=pytest.mark.slow),
+    pytest.param(lambda c: c.update(device="gpu"), "does not match", marks=pytest.mark.slow),
+    pytest.param(lambda c: c.update(unknown_key=1), "Additional properties are not allowed", marks=pytest.mark.slow),
     # names and roots that would leave the project's folders (issue 16, item 9)
     (lambda c: c["datasets"]["div2k"].update(name=".."), "dataset name '..' is not a plain folder name"),
-    (lambda c: c.update(results=""), "results: '' must be a folder"),
-    (lambda c: c.update(results="/"), "results: '/' must be a folder"),
-    (lambda c: c.update(results="../elsewhere"), "results: '../elsewhere' must be a folder"),
-    (lambda c: c.update(data_root="/"), "data_root: '/' must be a folder"),
-    (lambda c: c.update(data_root="data/../.."), "data_root: 'data/../..' must be a folder"),
+    pytest.param(lambda c: c.update(results=""), "results: '' must be a folder", marks=pytest.mark.slow),
+    pytest.param(lambda c: c.update(results="/"), "results: '/' must be a folder", marks=pytest.mark.slow),
+    pytest.param(lambda c: c.update(results="../elsewhere"), "results: '../elsewhere' must be a folder", marks=pytest.mark.slow),
+    pytest.param(lambda c: c.update(data_root="/"), "data_root: '/' must be a folder", marks=pytest.mark.slow),
+    pytest.param(lambda c: c.update(data_root="data/../.."), "data_root: 'data/../..' must be a folder", marks=pytest.mark.slow),
     # a bad run config inside a cell fails the dry run, not a job
     (lambda c: c["methods"]["ecdp"]["set"]["train"]["stages"][1].update(steps=-3),
      "train.stages[1].steps: must be a positive integer"),
-    (lambda c: c["methods"]["ecdp"]["set"].update(smapler={}), "unknown config key 'smapler'"),
+    pytest.param(lambda c: c["methods"]["ecdp"]["set"].update(smapler={}), "unknown config key 'smapler'", marks=pytest.mark.slow),
     # the sampler study's HR crop must be big enough for LPIPS-Alex (found by the rehearsal, issue 13)
-    (lambda c: c["studies"]["samplers"].update(lr_crop=4), "studies.samplers.lr_crop: 4 x scale 4 = 16 px"),
+    pytest.param(lambda c: c["studies"]["samplers"].update(lr_crop=4), "studies.samplers.lr_crop: 4 x scale 4 = 16 px", marks=pytest.mark.slow),
     # the rehearsal's fixture archives are reached through the sources file the rule writes
-    (lambda c: c.update(fixture_archives="data/_sources"), "fixture_archives needs data_sources"),
+    pytest.param(lambda c: c.update(fixture_archives="data/_sources"), "fixture_archives needs data_sources", marks=pytest.mark.slow),
 ])
 def test_invalid_config_fails_with_schema_message(tmp_path, mutate, message):
     cfg = yaml.safe_load((ROOT / "config" / "default.yaml").read_text())
@@ -214,6 +216,7 @@ def test_data_sources_config_reaches_prepare(tmp_path):
     assert "--root data --sources 'my sources; x.yaml' --workers" in res.stdout
 
 
+@pytest.mark.slow   # > 5 s: CI runs it (.ci/run), the fast suite stays under 3 min
 def test_config_referring_to_unknown_variant_fails(tmp_path):
     cfg = yaml.safe_load((ROOT / "config" / "default.yaml").read_text())
     cfg["studies"]["table5"]["variants"].append("ecdp-typo")
