@@ -234,3 +234,24 @@ def test_check_report_names_every_problem():
     ok = {**rep, "failed": {}, "ran": {"train": 2, "evaluate": 1}, "snakemake_rc": 0, "forward_checks": [],
           "training": [{"stages": {k: {"kind": k} for k in mod.STAGE_KINDS}}]}
     assert mod.check_report(ok) == []
+
+
+def test_resume_needs_the_config_it_started_with(tmp_path, capsys):
+    """--resume goes on with an interrupted rehearsal only: a missing or different config
+    is a one-line error, and nothing in OUT is removed."""
+    mod = rehearse_module()
+    out = tmp_path / "results/rehearsal"
+    out.mkdir(parents=True)
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--resume", "--workdir", str(tmp_path)])
+    assert e.value.code == 2 and "is missing or is not this rehearsal's config" in capsys.readouterr().err
+    (out / "rehearsal.yaml").write_text("seeds: [0]\n")
+    with pytest.raises(SystemExit):
+        mod.main(["--resume", "--workdir", str(tmp_path)])
+    assert (out / "keep.txt").exists()
+    inv = [{"started": "2026-12-03 14:45:00", "git_commit": "abc", "resume": False, "snakemake_s": 10.0},
+           {"started": "2026-12-04 09:00:00", "git_commit": "def", "resume": True, "snakemake_s": 5.0}]
+    text = mod._resumed({"invocations": inv})
+    assert "2 invocations" in text and "`abc` (10.0 s)" in text and "`def` (5.0 s)" in text
+    assert mod._resumed({"invocations": inv[:1]}) == ""

@@ -3,6 +3,7 @@ machine, on small archives with the official names and layouts, and a report.
 
     python3 workflow/scripts/rehearse.py             # the whole paper DAG -> results/rehearsal/
     python3 workflow/scripts/rehearse.py --reduced   # DIV2K only, every rule kind -> results/rehearsal-reduced/
+    python3 workflow/scripts/rehearse.py --resume    # go on with an interrupted rehearsal (same config)
 
 ``snakemake --cores all --configfile config/rehearsal.yaml`` alone runs the same DAG (its
 rule fixture_archives builds the official-layout archives of ecdp.data.fixtures into
@@ -164,10 +165,11 @@ def snakemake_args(config: Path, workdir: Path, cores: str) -> list[str]:
             "--cores", cores]
 
 
-def run_logged(args: list[str], log: Path, cwd: Path, env: dict) -> tuple[int, float]:
-    """Run ``args`` with stdout and stderr into ``log``; returns (exit status, seconds)."""
+def run_logged(args: list[str], log: Path, cwd: Path, env: dict, append: bool = False) -> tuple[int, float]:
+    """Run ``args`` with stdout and stderr into ``log`` (``append``: after what it holds);
+    returns (exit status, seconds)."""
     t0 = time.time()
-    with open(log, "w") as f:
+    with open(log, "a" if append else "w") as f:
         rc = subprocess.run(args, stdout=f, stderr=subprocess.STDOUT, cwd=cwd, env=env).returncode
     return rc, time.time() - t0
 
@@ -388,7 +390,7 @@ def markdown(rep: dict) -> str:
          f"{rep['load_average_1min'][0]} at the start, {rep['load_average_1min'][1]} at the end "
          f"{'(above the core count: the CPU was shared with other work)' if _shared(rep) else ''}.  "
          f"All numbers are measured on this CPU in this run; with 2 training steps on fixture images the "
-         f"tables' metrics mean nothing.", "",
+         f"tables' metrics mean nothing." + _resumed(rep), "",
          "Status: " + ("**all jobs succeeded**" if not rep["problems"] else
                        "**problems**: " + "; ".join(rep["problems"])), "",
          "## Rules that ran", "", "| rule | jobs ran | jobs in the DAG | failed | seconds (sum) | peak RSS (MB) |",
@@ -431,6 +433,16 @@ def markdown(rep: dict) -> str:
     return "\n".join(L)
 
 
+def _resumed(rep: dict) -> str:
+    """The sentence of a rehearsal that ran in more than one invocation (``--resume``)."""
+    inv = rep.get("invocations") or []
+    if len(inv) < 2:
+        return ""
+    parts = ", ".join(f"{i['started']} UTC at `{i['git_commit']}` ({i.get('snakemake_s', '?')} s)" for i in inv)
+    return (f"  The rehearsal ran in {len(inv)} invocations (interrupted, then `--resume`): {parts}; the wall "
+            f"time above is the last one's, the rules' seconds below sum every job's benchmark.")
+
+
 def _shared(rep: dict) -> bool:
     """Whether the load average exceeded the core count (other work shared the CPU)."""
     return max(rep["load_average_1min"]) > (os.cpu_count() or 1)
@@ -449,6 +461,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", default=".", help="Snakemake's working directory (data_root and --out are relative to it)")
     p.add_argument("--cores", default="all", help="snakemake --cores (default all)")
     p.add_argument("--no-report-html", action="store_true", help="skip snakemake --report")
+    p.add_argument("--resume", action="store_true",
+                   help="go on with an interrupted rehearsal in OUT: keep its outputs and its Snakemake log "
+                        "(appended to), unlock, rerun incomplete jobs; the config must be the one it started with")
     p.add_argument("--forward-check", metavar="ARCH", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.forward_check:
@@ -464,14 +479,28 @@ def main(argv: list[str] | None = None) -> int:
         cfg = reduce_config(cfg)
     cfg["results"] = str(out / "run")
     config = out_abs / "rehearsal.yaml"
-    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
-    for path in fresh_paths(workdir, cfg):
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-    rc, sm_s = run_logged(snakemake_args(config, workdir, args.cores), out_abs / "snakemake.log", workdir, env)
+    sm = snakemake_args(config, workdir, args.cores)
+    invocations_file = out_abs / "invocations.json"
+    if args.resume:
+        if not config.exists() or yaml.safe_load(config.read_text()) != cfg:
+            p.error(f"--resume: {config} is missing or is not this rehearsal's config; start afresh without --resume")
+        invocations = json.loads(invocations_file.read_text()) if invocations_file.exists() else []
+        subprocess.run(sm + ["--unlock"], cwd=workdir, env=env, capture_output=True)
+        sm += ["--rerun-incomplete"]
+    else:
+        config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        invocations = []
+        for path in fresh_paths(workdir, cfg):
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    invocations.append({"started": started, "git_commit": git_commit(), "resume": args.resume})
+    invocations_file.write_text(json.dumps(invocations, indent=2) + "\n")
+    rc, sm_s = run_logged(sm, out_abs / "snakemake.log", workdir, env, append=args.resume)
+    invocations[-1]["snakemake_s"] = round(sm_s, 1)
+    invocations_file.write_text(json.dumps(invocations, indent=2) + "\n")
     if rc == 0 and not args.no_report_html:
         rc = run_logged(snakemake_args(config, workdir, args.cores) + ["--report", str(out_abs / "report.html")],
                         out_abs / "snakemake-report.log", workdir, env)[0]
@@ -479,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     rep = collect(workdir / cfg["results"], (out_abs / "snakemake.log").read_text(), cfg, fwd)
     rep.update({"reduced": args.reduced, "started": started, "snakemake_rc": rc,
                 "load_average_1min": [round(load0, 2), round(os.getloadavg()[0], 2)],
-                "snakemake_s": round(sm_s, 1), "config": str(out / "rehearsal.yaml")})
+                "snakemake_s": round(sm_s, 1), "config": str(out / "rehearsal.yaml"), "invocations": invocations})
     if args.reduced:
         rep["not_on_cpu"] = NOT_ON_CPU + NOT_ON_CPU_REDUCED
     rep["wall_s"] = round(time.time() - t_start, 1)
