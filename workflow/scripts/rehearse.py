@@ -485,7 +485,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume:
         if not config.exists() or yaml.safe_load(config.read_text()) != cfg:
             p.error(f"--resume: {config} is missing or is not this rehearsal's config; start afresh without --resume")
-        invocations = json.loads(invocations_file.read_text()) if invocations_file.exists() else []
+        invocations = (json.loads(invocations_file.read_text()) if invocations_file.exists() else
+                       [{"started": "not recorded", "git_commit": "not recorded", "resume": False}])
         subprocess.run(sm + ["--unlock"], cwd=workdir, env=env, capture_output=True)
         sm += ["--rerun-incomplete"]
     else:
