@@ -40,6 +40,8 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))   # the suite from this checkout (as fullsize.py, gpu_hours.py)
+from ecdp.evaluation import atomic_write_text  # noqa: E402
 CONFIG = REPO / "config" / "rehearsal.yaml"
 #: every rule of the paper DAG (rule all is Snakemake's target, not a job of its own)
 PAPER_RULES = ("prepare_dataset", "fetch_weights", "train", "evaluate", "time_table3", "sampler_study",
@@ -339,7 +341,6 @@ def git_commit() -> str:
 
 def expected_rules(cfg: dict) -> dict:
     """rule -> number of jobs a full run of ``cfg`` has (from the grid, as the Snakefile counts)."""
-    sys.path.insert(0, str(REPO))
     from ecdp.grid import Grid
 
     grid = Grid(cfg, REPO)
@@ -490,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(sm + ["--unlock"], cwd=workdir, env=env, capture_output=True)
         sm += ["--rerun-incomplete"]
     else:
-        config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        atomic_write_text(config, yaml.safe_dump(cfg, sort_keys=False))
         invocations = []
         for path in fresh_paths(workdir, cfg):
             if path.is_dir():
@@ -498,10 +499,10 @@ def main(argv: list[str] | None = None) -> int:
             elif path.exists():
                 path.unlink()
     invocations.append({"started": started, "git_commit": git_commit(), "resume": args.resume})
-    invocations_file.write_text(json.dumps(invocations, indent=2) + "\n")
+    atomic_write_text(invocations_file, json.dumps(invocations, indent=2) + "\n")
     rc, sm_s = run_logged(sm, out_abs / "snakemake.log", workdir, env, append=args.resume)
     invocations[-1]["snakemake_s"] = round(sm_s, 1)
-    invocations_file.write_text(json.dumps(invocations, indent=2) + "\n")
+    atomic_write_text(invocations_file, json.dumps(invocations, indent=2) + "\n")
     if rc == 0 and not args.no_report_html:
         rc = run_logged(snakemake_args(config, workdir, args.cores) + ["--report", str(out_abs / "report.html")],
                         out_abs / "snakemake-report.log", workdir, env)[0]
@@ -514,8 +515,8 @@ def main(argv: list[str] | None = None) -> int:
         rep["not_on_cpu"] = NOT_ON_CPU + NOT_ON_CPU_REDUCED
     rep["wall_s"] = round(time.time() - t_start, 1)
     rep["problems"] = check_report(rep)
-    (out_abs / "rehearsal.json").write_text(json.dumps(rep, indent=2) + "\n")
-    (out_abs / "REPORT.md").write_text(markdown(rep))
+    atomic_write_text(out_abs / "rehearsal.json", json.dumps(rep, indent=2) + "\n")
+    atomic_write_text(out_abs / "REPORT.md", markdown(rep))
     print(f"rehearsal {'passed' if not rep['problems'] else 'FAILED: ' + '; '.join(rep['problems'])} "
           f"in {rep['wall_s']:.0f} s: {out_abs / 'REPORT.md'}")
     return 0 if not rep["problems"] else 1
